@@ -1,0 +1,268 @@
+//! The admin API (JSON over HTTP) that the CLI and scripts use: on a Unix socket whose file
+//! permissions are the access control, and optionally on TCP behind a bearer token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::app::{App, AppError};
+use crate::model::Channel;
+use crate::rules::{EnrollmentFile, InviteRow};
+
+pub struct AdminState {
+    pub app: Arc<App>,
+    pub http_addr: String,
+    /// Present on the TCP listener: requests must carry `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+type S = State<Arc<AdminState>>;
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/invite", post(invite))
+        .route("/v1/invite/bulk", post(invite_bulk))
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/review/{id}/{decision}", post(review))
+        .route("/v1/invite-customer", post(invite_customer))
+        .route("/v1/list/{what}", get(list))
+        .route("/v1/records/{id}", get(show))
+        .route("/v1/records/{id}/{op}", post(record_op))
+        .route("/v1/outbox", get(outbox))
+        .route("/v1/outbox/{id}/retry", post(outbox_retry))
+        .route("/v1/inbound", get(inbound))
+        .route("/v1/export", get(export))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state)
+}
+
+async fn auth(State(st): S, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(expected) = &st.token {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        use subtle::ConstantTimeEq;
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required",
+                None,
+            );
+        }
+    }
+    next.run(req).await
+}
+
+fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
+    (status, Json(json!({"error": message, "field": field}))).into_response()
+}
+
+/// The one place that maps errors to HTTP statuses.
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        match &self {
+            AppError::NotFound(m) => error(StatusCode::NOT_FOUND, m, None),
+            AppError::Invalid { field, .. } => {
+                error(StatusCode::BAD_REQUEST, &self.to_string(), Some(field))
+            }
+            AppError::Refused(m) => error(StatusCode::CONFLICT, m, None),
+            AppError::Store(e) => {
+                tracing::error!(error = %e, "store error");
+                error(StatusCode::INTERNAL_SERVER_ERROR, &self.to_string(), None)
+            }
+        }
+    }
+}
+
+type R = Result<Json<Value>, AppError>;
+
+fn channel(h: &HeaderMap) -> Channel {
+    match h.get("x-invited-client").and_then(|v| v.to_str().ok()) {
+        Some("cli") => Channel::Cli,
+        _ => Channel::Api,
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> R {
+    Ok(Json(serde_json::to_value(v).unwrap_or(Value::Null)))
+}
+
+async fn status(State(st): S) -> R {
+    to_value(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "http": st.http_addr,
+        "outbox_depth": st.app.store.outbox_depth(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct InviteBody {
+    provider: String,
+    #[serde(flatten)]
+    row: InviteRow,
+}
+
+async fn invite(State(st): S, h: HeaderMap, Json(b): Json<InviteBody>) -> R {
+    to_value(
+        st.app
+            .invite(&b.provider, b.row, channel(&h), Utc::now())
+            .await?,
+    )
+}
+
+#[derive(Deserialize)]
+struct BulkBody {
+    provider: String,
+    rows: Vec<BulkRowIn>,
+}
+#[derive(Deserialize)]
+struct BulkRowIn {
+    line: u64,
+    #[serde(flatten)]
+    row: InviteRow,
+}
+
+async fn invite_bulk(State(st): S, h: HeaderMap, Json(b): Json<BulkBody>) -> R {
+    let rows = b.rows.into_iter().map(|r| (r.line, r.row)).collect();
+    to_value(
+        st.app
+            .invite_bulk(&b.provider, rows, channel(&h), Utc::now())
+            .await?,
+    )
+}
+
+async fn enroll(State(st): S, h: HeaderMap, Json(f): Json<EnrollmentFile>) -> R {
+    let rec = st.app.enroll(f.into(), channel(&h), Utc::now()).await?;
+    to_value(crate::app::record_json(&rec, true))
+}
+
+#[derive(Deserialize, Default)]
+struct ReviewBody {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn review(
+    State(st): S,
+    h: HeaderMap,
+    Path((id, decision)): Path<(String, String)>,
+    body: Option<Json<ReviewBody>>,
+) -> R {
+    let reason = body.map(|b| b.0.reason).unwrap_or_default();
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "reject" => false,
+        other => {
+            return Err(AppError::Invalid {
+                field: "decision".into(),
+                message: format!("{other:?} is not approve or reject"),
+            })
+        }
+    };
+    let rec = st
+        .app
+        .review(&id, approve, &reason, channel(&h), Utc::now())
+        .await?;
+    to_value(crate::app::record_json(&rec, true))
+}
+
+#[derive(Deserialize)]
+struct CustomerBody {
+    provider: String,
+    reseller_email: String,
+    email: String,
+    company: String,
+    #[serde(default)]
+    locale: Option<String>,
+}
+
+async fn invite_customer(State(st): S, h: HeaderMap, Json(b): Json<CustomerBody>) -> R {
+    let rec = st
+        .app
+        .invite_customer(
+            &b.provider,
+            &b.reseller_email,
+            &b.email,
+            &b.company,
+            b.locale.as_deref(),
+            channel(&h),
+            Utc::now(),
+        )
+        .await?;
+    to_value(crate::app::record_json(&rec, true))
+}
+
+async fn list(
+    State(st): S,
+    Path(what): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> R {
+    let provider = q.get("provider").map(String::as_str);
+    let out = match what.as_str() {
+        "resellers" => {
+            let p = provider.ok_or_else(|| AppError::Invalid {
+                field: "provider".into(),
+                message: "list resellers needs --provider".into(),
+            })?;
+            st.app.resellers(p)?
+        }
+        "providers" => {
+            let e = q.get("reseller_email").ok_or_else(|| AppError::Invalid {
+                field: "reseller_email".into(),
+                message: "list providers needs --reseller-email".into(),
+            })?;
+            st.app.providers_of(e)?
+        }
+        _ => st
+            .app
+            .list(&what, provider, q.get("state").map(String::as_str))?,
+    };
+    to_value(out)
+}
+
+async fn show(State(st): S, Path(id): Path<String>) -> R {
+    to_value(st.app.show(&id)?)
+}
+
+async fn record_op(State(st): S, h: HeaderMap, Path((id, op)): Path<(String, String)>) -> R {
+    let now = Utc::now();
+    let rec = match op.as_str() {
+        "resend" => st.app.resend(&id, channel(&h), now).await?,
+        "revoke" => st.app.revoke(&id, channel(&h), now).await?,
+        "remove-admin-access" => st.app.remove_admin_access(&id, channel(&h), now).await?,
+        other => return Err(AppError::NotFound(format!("no operation {other:?}"))),
+    };
+    to_value(crate::app::record_json(&rec, true))
+}
+
+async fn outbox(State(st): S, Query(q): Query<HashMap<String, String>>) -> R {
+    to_value(st.app.outbox(q.get("dead").is_some_and(|v| v == "true"))?)
+}
+
+async fn outbox_retry(State(st): S, Path(id): Path<String>) -> R {
+    to_value(st.app.outbox_retry(&id, Utc::now()).await?)
+}
+
+async fn inbound(State(st): S, Query(q): Query<HashMap<String, String>>) -> R {
+    to_value(st.app.inbound(q.get("outcome").map(String::as_str))?)
+}
+
+async fn export(State(st): S) -> R {
+    let mut all = Vec::new();
+    for what in ["enrollments", "invitations", "customers"] {
+        all.extend(st.app.list(what, None, None)?);
+    }
+    to_value(all)
+}

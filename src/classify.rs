@@ -1,0 +1,860 @@
+//! Inbound mail classification: turns one raw message into an [`Inbound`] — its refs, its
+//! Authentication-Results and whether it is a bounce, an automatic reply, a keyword command or
+//! something for a human. Pure: no I/O, no store, no clock; the daemon decides what to do with it.
+
+use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+
+/// Larger messages are not parsed at all (no reply or bounce we care about is this big).
+pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
+/// Reasons and diagnostics are for people and logs; keep them short.
+const MAX_DETAIL_CHARS: usize = 300;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyword {
+    Yes,
+    No,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Classification {
+    /// permanent = true for a failure (Action: failed / 5.x.x / failure notice), false for a
+    /// delay (Action: delayed, 4.x.x) which must change no record
+    Bounce {
+        permanent: bool,
+        diagnostic: String,
+    },
+    AutoReply {
+        reason: String,
+    },
+    Command {
+        keyword: Keyword,
+    },
+    Unrecognised {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// bare, without <>
+    pub message_id: Option<String>,
+    /// the From address only, as written
+    pub from: Option<String>,
+    pub subject: String,
+    /// Refs, in order: plus addresses `<reply_local>+<ref>@…` in To, Cc, Delivered-To,
+    /// X-Original-To, Envelope-To; local parts of the ids in In-Reply-To and References; for
+    /// bounces, the Message-ID of the returned original (or, without one, any `<…@…>` id or plus
+    /// address in the body text). Only 26-char base32 strings are kept, lowercased, deduplicated.
+    pub refs: Vec<String>,
+    /// values of every Authentication-Results header, topmost first
+    pub authentication_results: Vec<String>,
+    /// Marked automatic by its headers (Auto-Submitted not "no", X-Autoreply, Precedence …) or
+    /// classified as an auto reply.
+    pub auto_submitted: bool,
+    pub classification: Classification,
+}
+
+impl Inbound {
+    fn unrecognised(reason: String) -> Inbound {
+        Inbound {
+            message_id: None,
+            from: None,
+            subject: String::new(),
+            refs: Vec::new(),
+            authentication_results: Vec::new(),
+            auto_submitted: false,
+            classification: Classification::Unrecognised { reason },
+        }
+    }
+}
+
+/// Never panics (mail-parser runs under `catch_unwind`); input over [`MAX_MESSAGE_BYTES`] or
+/// unparsable → `Unrecognised` with a reason.
+pub fn classify(raw: &[u8], reply_local: &str) -> Inbound {
+    if raw.len() > MAX_MESSAGE_BYTES {
+        return Inbound::unrecognised(format!(
+            "message too large ({} bytes, limit {MAX_MESSAGE_BYTES})",
+            raw.len()
+        ));
+    }
+    std::panic::catch_unwind(|| classify_unguarded(raw, reply_local)).unwrap_or_else(|_| {
+        Inbound::unrecognised("message could not be parsed (parser panicked)".into())
+    })
+}
+
+/// RFC 8601: the topmost Authentication-Results whose authserv-id is `trusted_authserv_id`
+/// decides; true only if it carries `dmarc=pass`. Headers from anyone else are ignored, since
+/// anyone upstream of our MX can add them.
+pub fn dmarc_pass(authentication_results: &[String], trusted_authserv_id: &str) -> bool {
+    for value in authentication_results {
+        let value = strip_comments(value);
+        let mut parts = value.split(';');
+        let authserv = parts.next().and_then(|p| p.split_whitespace().next());
+        if !authserv.is_some_and(|id| id.eq_ignore_ascii_case(trusted_authserv_id)) {
+            continue;
+        }
+        return parts.any(|resinfo| {
+            let method_result = resinfo.split_whitespace().next().unwrap_or_default();
+            let (method, result) = method_result.split_once('=').unwrap_or_default();
+            // A method may carry a version ("dmarc/1").
+            let method = method.split('/').next().unwrap_or_default();
+            method.eq_ignore_ascii_case("dmarc") && result.eq_ignore_ascii_case("pass")
+        });
+    }
+    false
+}
+
+/// The first unquoted, non-empty line of a reply body and the keyword it starts with, if any.
+pub fn command_keyword(body_text: &str) -> Option<Keyword> {
+    first_own_line(body_text).and_then(line_keyword)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole-message classification
+
+fn classify_unguarded(raw: &[u8], reply_local: &str) -> Inbound {
+    let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
+    let Some(msg) = MessageParser::default().parse(raw) else {
+        return Inbound::unrecognised("unparsable: no message headers found".into());
+    };
+    let headers = Headers::of(&msg);
+    if headers.0.is_empty() {
+        return Inbound::unrecognised("unparsable: no message headers found".into());
+    }
+    let subject = msg.subject().unwrap_or_default().to_string();
+    let header_auto = auto_header_reason(&headers);
+
+    let mut refs = Refs::default();
+    for name in ["to", "cc", "delivered-to", "x-original-to", "envelope-to"] {
+        for value in headers.all(name) {
+            refs.plus_addresses(value, reply_local);
+        }
+    }
+    for value in headers.all("in-reply-to").chain(headers.all("references")) {
+        let ids = value.split(|c: char| c == '<' || c == '>' || c == ',' || c.is_whitespace());
+        for id in ids {
+            if let Some((local, _)) = id.split_once('@') {
+                refs.push(local);
+            }
+        }
+    }
+
+    let report_type = msg
+        .content_type()
+        .filter(|ct| ct.ctype().eq_ignore_ascii_case("multipart"))
+        .and_then(|ct| ct.attribute("report-type"))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+
+    let classification = if let Some(bounce) = bounce(&msg, &headers, &subject, &report_type) {
+        bounce_refs(&msg, reply_local, &mut refs);
+        bounce
+    } else if report_type == "feedback-report" || has_part(&msg, "message", "feedback-report") {
+        Classification::Unrecognised {
+            reason: "abuse feedback report (ARF)".into(),
+        }
+    } else if headers.first("x-apple-unsubscribe").is_some()
+        || subject.trim().eq_ignore_ascii_case("unsubscribe")
+    {
+        // Someone (or their mail client for them) wants out: a human should see that.
+        Classification::Unrecognised {
+            reason: "unsubscribe request".into(),
+        }
+    } else if let Some(reason) = header_auto
+        .clone()
+        .or_else(|| (report_type == "disposition-notification").then(|| "read receipt".into()))
+        .or_else(|| auto_subject(&subject).then(|| format!("automatic subject: {subject}")))
+    {
+        Classification::AutoReply {
+            reason: clip(&reason),
+        }
+    } else {
+        match reply_body(&msg) {
+            None => Classification::Unrecognised {
+                reason: "no text body".into(),
+            },
+            Some(body) => match command_keyword(&body) {
+                Some(keyword) => Classification::Command { keyword },
+                None => Classification::Unrecognised {
+                    reason: match first_own_line(&body) {
+                        Some(line) => clip(&format!("first line is not a keyword: {line}")),
+                        None => "no unquoted text before the quote".into(),
+                    },
+                },
+            },
+        }
+    };
+
+    Inbound {
+        message_id: msg.message_id().map(str::to_string),
+        from: msg
+            .from()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .map(str::to_string),
+        subject,
+        refs: refs.0,
+        authentication_results: headers
+            .all("authentication-results")
+            .map(str::to_string)
+            .collect(),
+        auto_submitted: header_auto.is_some()
+            || matches!(classification, Classification::AutoReply { .. }),
+        classification,
+    }
+}
+
+/// Top-level headers as (lowercased name, unfolded raw value), in message order. Raw values
+/// because mail-parser normalises some headers in ways we do not want (e.g. plus addresses in
+/// Delivered-To are plain text to it, Authentication-Results must stay verbatim).
+struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    fn of(msg: &Message<'_>) -> Headers {
+        let raw = msg.raw_message.as_ref();
+        let headers = msg.headers().iter().filter_map(|h| {
+            let bytes = raw.get(h.offset_start as usize..h.offset_end as usize)?;
+            let value = String::from_utf8_lossy(bytes);
+            let unfolded = value.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+            Some((
+                h.name.as_str().to_ascii_lowercase(),
+                unfolded.trim().to_string(),
+            ))
+        });
+        Headers(headers.collect())
+    }
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn first<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        self.all(name).next()
+    }
+}
+
+/// Deduplicated refs in the order found.
+#[derive(Default)]
+struct Refs(Vec<String>);
+
+impl Refs {
+    fn push(&mut self, candidate: &str) {
+        let candidate = candidate.trim().to_ascii_lowercase();
+        let is_ref = candidate.len() == 26
+            && candidate
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+        if is_ref && !self.0.contains(&candidate) {
+            self.0.push(candidate);
+        }
+    }
+
+    /// Every `<reply_local>+<ref>@` in `text` (case-insensitive, not inside a longer local part).
+    fn plus_addresses(&mut self, text: &str, reply_local: &str) {
+        if reply_local.is_empty() {
+            return;
+        }
+        // ASCII lowercasing keeps byte offsets, so slicing `lower` stays on char boundaries.
+        let lower = text.to_ascii_lowercase();
+        let needle = format!("{}+", reply_local.to_ascii_lowercase());
+        let mut from = 0;
+        while let Some(pos) = lower.get(from..).and_then(|t| t.find(&needle)) {
+            let start = from + pos;
+            from = start + needle.len();
+            let boundary = lower[..start]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || "._-+".contains(c)));
+            let tail = &lower[from..];
+            if let (true, Some(at)) = (boundary, tail.find('@')) {
+                self.push(&tail[..at]);
+            }
+        }
+    }
+}
+
+fn has_part(msg: &Message<'_>, ctype: &str, subtype: &str) -> bool {
+    msg.parts.iter().any(|p| p.is_content_type(ctype, subtype))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounces
+
+fn bounce(
+    msg: &Message<'_>,
+    headers: &Headers,
+    subject: &str,
+    report_type: &str,
+) -> Option<Classification> {
+    let is_dsn = matches!(report_type, "delivery-status" | "global-delivery-status")
+        || has_part(msg, "message", "delivery-status")
+        || has_part(msg, "message", "global-delivery-status");
+    if is_dsn {
+        let status = msg
+            .parts
+            .iter()
+            .filter(|p| {
+                p.is_content_type("message", "delivery-status")
+                    || p.is_content_type("message", "global-delivery-status")
+            })
+            .find_map(|p| delivery_status(&part_text(p)?));
+        // A report whose status part says nothing usable is judged like a plain notice.
+        return Some(status.unwrap_or_else(|| notice(msg, subject)));
+    }
+    if is_failure_notice(msg, headers, subject) {
+        return Some(notice(msg, subject));
+    }
+    ses_notification(msg)
+}
+
+/// Amazon SES feedback relayed by SNS as a JSON mail body (no DSN, not from a mailer daemon).
+/// "Delivery" notices are reported as non-permanent bounces: they change nothing either.
+fn ses_notification(msg: &Message<'_>) -> Option<Classification> {
+    let body = reply_body(msg)?;
+    if !body.trim_start().starts_with('{') {
+        return None;
+    }
+    let json: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    let (permanent, what) = if json.contains(r#""notificationType":"Bounce""#) {
+        (json.contains(r#""bounceType":"Permanent""#), "bounce")
+    } else if json.contains(r#""notificationType":"Delivery""#) {
+        (false, "delivery")
+    } else {
+        return None;
+    };
+    let diagnostic = format!("Amazon SES {what} notification");
+    Some(Classification::Bounce {
+        permanent,
+        diagnostic,
+    })
+}
+
+/// Reads the per-recipient fields of a message/delivery-status part (RFC 3464).
+fn delivery_status(text: &str) -> Option<Classification> {
+    let (mut failed, mut delayed, mut seen) = (false, false, false);
+    let (mut first_status, mut diagnostic) = (None::<String>, None::<String>);
+    for (name, value) in unfolded_fields(text) {
+        let value = value.trim();
+        let lower = value.to_ascii_lowercase();
+        match name.to_ascii_lowercase().as_str() {
+            "action" => {
+                seen = true;
+                failed |= lower.starts_with("failed");
+                delayed |= lower.starts_with("delayed");
+            }
+            "status" => {
+                seen = true;
+                failed |= lower.starts_with('5');
+                delayed |= lower.starts_with('4');
+                if !lower.starts_with('2') && first_status.is_none() {
+                    first_status = Some(value.to_string());
+                }
+            }
+            "diagnostic-code" if diagnostic.is_none() => diagnostic = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    if !seen {
+        return None;
+    }
+    let summary = match (first_status, diagnostic) {
+        (Some(s), Some(d)) => format!("{s} {d}"),
+        (s, d) => s
+            .or(d)
+            .unwrap_or_else(|| "delivery status without detail".into()),
+    };
+    let word = if failed {
+        "failed"
+    } else if delayed {
+        "delayed"
+    } else {
+        "delivered"
+    };
+    Some(Classification::Bounce {
+        permanent: failed,
+        diagnostic: clip(&format!("{word}: {summary}")),
+    })
+}
+
+/// "Name: value" fields of a header-like block, with folded lines joined.
+fn unfolded_fields(text: &str) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = fields.last_mut() {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            fields.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    fields
+}
+
+/// Null-sender failure notices (qmail, Exim without DSN, Gmail, …): sent by the mail system
+/// itself, not by a person.
+fn is_failure_notice(msg: &Message<'_>, headers: &Headers, subject: &str) -> bool {
+    let from = headers
+        .first("from")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let local = msg
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .map(|a| a.split('@').next().unwrap_or_default().to_ascii_lowercase())
+        .unwrap_or_default();
+    let daemon = matches!(
+        local.as_str(),
+        "mailer-daemon" | "mailer_daemon" | "mailerdaemon"
+    ) || ["mail delivery", "mailer-daemon", "mailer daemon"]
+        .iter()
+        .any(|s| from.contains(s));
+    let null_sender = headers.first("return-path").is_some_and(|rp| {
+        rp.trim_matches(|c: char| c == '<' || c == '>' || c.is_whitespace())
+            .is_empty()
+    });
+    let failure_subject = {
+        let s = subject.to_lowercase();
+        FAILURE_SUBJECTS.iter().any(|p| s.contains(p))
+    };
+    let returned_part = msg.parts.iter().any(|p| {
+        matches!(p.body, PartType::Message(_)) || p.is_content_type("text", "rfc822-headers")
+    });
+    // A postmaster mailbox may belong to a person who really answers, so it needs more evidence;
+    // a null sender returning a message (KDDI, "Subject: Mail") is evidence enough.
+    daemon
+        || (local == "postmaster" && (null_sender || failure_subject || returned_part))
+        || (null_sender && (failure_subject || returned_part))
+}
+
+const FAILURE_SUBJECTS: &[&str] = &[
+    "undeliver",
+    "undelivered",
+    "delivery status notification",
+    "delivery failure",
+    "delivery failed",
+    "delivery has failed",
+    "failure notice",
+    "returned mail",
+    "returned to sender",
+    "could not be delivered",
+    "not delivered",
+    "non-deliverable",
+    "nondeliverable",
+    "non remis",
+    "unzustellbar",
+    "delivery notification",
+    "delayed mail",
+    "delivery delayed",
+    "mail system error",
+    "delivery problem",
+    "could not send message",
+];
+
+/// A failure notice without a usable DSN part: permanent unless its subject says "delayed".
+fn notice(msg: &Message<'_>, subject: &str) -> Classification {
+    let s = subject.to_lowercase();
+    let delayed =
+        s.contains("delay") || s.starts_with("warning:") || s.contains("still being retried");
+    // The first line that looks like an SMTP reply says most about why.
+    let text = body_texts(msg);
+    let smtp_line = text.lines().map(str::trim).find(|l| {
+        let code = l
+            .split_whitespace()
+            .find(|w| w.len() >= 3 && w.is_char_boundary(3));
+        code.is_some_and(|w| {
+            let w = &w[..3];
+            (w.starts_with('5') || w.starts_with('4')) && w.bytes().all(|b| b.is_ascii_digit())
+        })
+    });
+    let diagnostic = match smtp_line {
+        Some(line) => format!("{subject}: {line}"),
+        None => subject.to_string(),
+    };
+    Classification::Bounce {
+        permanent: !delayed,
+        diagnostic: clip(&diagnostic),
+    }
+}
+
+/// Refs of the returned original: its Message-ID, or failing that any id/plus address in the text.
+fn bounce_refs(msg: &Message<'_>, reply_local: &str, refs: &mut Refs) {
+    let before = refs.0.len();
+    for part in &msg.parts {
+        if let PartType::Message(original) = &part.body {
+            refs.push(original.message_id().unwrap_or_default());
+        } else if part.is_content_type("text", "rfc822-headers") {
+            let text = part_text(part).unwrap_or_default();
+            if let Some(original) = MessageParser::default().parse_headers(text.as_bytes()) {
+                refs.push(original.message_id().unwrap_or_default());
+            }
+        }
+    }
+    if refs.0.len() > before {
+        return;
+    }
+    let text = body_texts(msg);
+    refs.plus_addresses(&text, reply_local);
+    for chunk in text.split('<').skip(1) {
+        if let Some((id, _)) = chunk.split_once('>') {
+            if let Some((local, _)) = id.split_once('@') {
+                refs.push(local);
+            }
+        }
+    }
+}
+
+/// Text of a leaf part; mail-parser gives non-text parts (message/delivery-status) as bytes.
+fn part_text(part: &mail_parser::MessagePart<'_>) -> Option<String> {
+    match &part.body {
+        PartType::Text(t) | PartType::Html(t) => Some(t.to_string()),
+        PartType::Binary(b) | PartType::InlineBinary(b) => Some(String::from_utf8_lossy(b).into()),
+        _ => None,
+    }
+}
+
+/// All plain-text parts of the message itself (not of attached messages), joined.
+fn body_texts(msg: &Message<'_>) -> String {
+    let texts = msg.parts.iter().filter_map(|p| match &p.body {
+        PartType::Text(t) => Some(t.to_string()),
+        PartType::Html(h) => Some(html_to_text(h)),
+        _ => None,
+    });
+    texts.collect::<Vec<_>>().join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Automatic replies
+
+fn auto_header_reason(headers: &Headers) -> Option<String> {
+    if let Some(v) = headers.first("auto-submitted") {
+        let token = v.split([';', '(', ' ']).next().unwrap_or_default();
+        if !token.is_empty() && !token.eq_ignore_ascii_case("no") {
+            return Some(format!("Auto-Submitted: {v}"));
+        }
+    }
+    for name in [
+        "x-autoreply",
+        "x-autorespond",
+        "x-autoresponder",
+        "x-mail-autoreply",
+    ] {
+        if let Some(v) = headers.first(name) {
+            if !matches!(v.to_ascii_lowercase().as_str(), "no" | "false" | "0") {
+                return Some(format!("{name}: {v}"));
+            }
+        }
+    }
+    // X-Auto-Response-Suppress is deliberately not here: Outlook puts it on ordinary mail too.
+    let precedence = headers
+        .first("precedence")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    matches!(precedence.as_str(), "bulk" | "junk" | "list" | "auto_reply")
+        .then(|| format!("Precedence: {precedence}"))
+}
+
+fn auto_subject(subject: &str) -> bool {
+    const PHRASES: &[&str] = &[
+        "out of office",
+        "out of the office",
+        "automatic reply",
+        "auto reply",
+        "auto-reply",
+        "autoreply",
+        "auto response",
+        "auto-response",
+        "autoresponse",
+        "automatic response",
+        "vacation",
+        "on holiday",
+        "on leave",
+        "away from the office",
+        "abwesenheit",
+        "réponse automatique",
+        "respuesta automática",
+        "자동 응답",
+        "자동응답",
+        "부재중",
+        "부재 중",
+        "휴가",
+    ];
+    let s = subject.trim().to_lowercase();
+    s.starts_with("auto:") || s.starts_with("autosvar") || PHRASES.iter().any(|p| s.contains(p))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reply text and keywords
+
+/// The reply's own text: the first text/plain body, else the first HTML body as text.
+fn reply_body(msg: &Message<'_>) -> Option<String> {
+    let ids = msg.text_body.iter().chain(&msg.html_body);
+    ids.filter_map(|&id| msg.parts.get(id as usize))
+        .find_map(|p| match &p.body {
+            PartType::Text(t) => Some(t.to_string()),
+            PartType::Html(h) => Some(html_to_text(h)),
+            _ => None,
+        })
+}
+
+/// First non-empty line that is not quoted, or None when a separator or signature comes first.
+fn first_own_line(body: &str) -> Option<&str> {
+    let body = body.strip_prefix('\u{feff}').unwrap_or(body);
+    let lines: Vec<&str> = body.lines().map(clean_line).collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.is_empty() || line.starts_with('>') {
+            continue;
+        }
+        let next = lines[i + 1..]
+            .iter()
+            .find(|l| !l.is_empty())
+            .copied()
+            .unwrap_or_default();
+        return (!is_separator(line, next)).then_some(*line);
+    }
+    None
+}
+
+/// Trims whitespace (NBSP included) and the invisible characters mail clients leave behind.
+fn clean_line(line: &str) -> &str {
+    line.trim_matches(|c: char| {
+        c.is_whitespace() || matches!(c, '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}')
+    })
+}
+
+/// Attribution lines, quote headers and the signature separator: the reply's own text ends here.
+fn is_separator(line: &str, next: &str) -> bool {
+    let lower = line.to_lowercase();
+    let attribution = |l: &str| {
+        [
+            "wrote:",
+            "a écrit :",
+            "a écrit:",
+            "schrieb:",
+            "escribió:",
+            "작성:",
+        ]
+        .iter()
+        .any(|e| l.ends_with(e))
+            || l.contains("님이 작성")
+    };
+    line == "--"
+        || line.starts_with("-----")
+        || line.starts_with("_____")
+        || lower.starts_with("from:")
+        || line.starts_with("보낸 사람:")
+        || line.starts_with("보낸사람:")
+        || lower.starts_with("begin forwarded message")
+        || attribution(&lower)
+        // Gmail wraps a long "On … wrote:" (or the Korean "… 님이 작성:") over two lines.
+        || ((lower.starts_with("on ") || line.starts_with(|c: char| c.is_ascii_digit()))
+            && attribution(&next.to_lowercase()))
+}
+
+fn line_keyword(line: &str) -> Option<Keyword> {
+    let line = line.trim_start_matches(['*', '_', '"', '\'', '“', '‘']);
+    let word_len = line
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(line.len());
+    let (word, rest) = line.split_at(word_len);
+    if !word.is_empty() {
+        // Latin keywords must be whole words: "Yesterday" is not YES.
+        if rest.starts_with(char::is_alphanumeric) {
+            return None;
+        }
+        let word = word.to_ascii_lowercase();
+        return match word.as_str() {
+            "yes" | "confirm" | "accept" | "authorize" | "authorise" | "approve" => {
+                Some(Keyword::Yes)
+            }
+            // "No problem" / "No worries" usually mean yes: leave them for a human.
+            "no" if starts_with_any(
+                rest.trim_start_matches([' ', ',']),
+                &["problem", "worries"],
+            ) =>
+            {
+                None
+            }
+            "no" | "decline" => Some(Keyword::No),
+            _ => None,
+        };
+    }
+    if starts_with_any(line, &["아니요", "아니오", "거절"]) {
+        return Some(Keyword::No);
+    }
+    // One-syllable 예/네 must stand alone ("네트워크", "예정" are other words); the longer ones
+    // are prefixes of their verb forms ("확인했습니다", "동의합니다").
+    let single = ["예", "네"].iter().any(|k| {
+        line.strip_prefix(k)
+            .is_some_and(|r| !r.starts_with(|c| ('\u{ac00}'..='\u{d7a3}').contains(&c)))
+    });
+    if !(single || starts_with_any(line, &["확인", "동의", "승인"])) {
+        return None;
+    }
+    // Korean puts negation and requests after the verb ("동의하지 않습니다", "확인 부탁드립니다"):
+    // such a line is not a yes, so a human looks at it.
+    let hedged = [
+        "않",
+        "못",
+        "불가",
+        "거절",
+        "거부",
+        "아니",
+        "부탁",
+        "주세요",
+        "주시",
+        "?",
+    ];
+    (!hedged.iter().any(|h| line.contains(h))).then_some(Keyword::Yes)
+}
+
+fn starts_with_any(text: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|p| text.starts_with(p))
+}
+
+/// HTML to lines of text; text inside <blockquote> comes out '>'-quoted and <hr> as a separator
+/// line, so the plain-text rules above apply unchanged.
+fn html_to_text(html: &str) -> String {
+    let mut out = String::new();
+    let (mut line, mut quoted, mut depth) = (String::new(), false, 0usize);
+    let mut skip_until: Option<&str> = None;
+    let mut flush = |line: &mut String, quoted: &mut bool| {
+        let text = line.split_whitespace().collect::<Vec<_>>().join(" ");
+        if *quoted {
+            out.push_str("> ");
+        }
+        out.push_str(&text);
+        out.push('\n');
+        line.clear();
+        *quoted = false;
+    };
+    let mut rest = html;
+    while !rest.is_empty() {
+        if let Some(comment) = rest.strip_prefix("<!--") {
+            rest = comment.find("-->").map_or("", |end| &comment[end + 3..]);
+            continue;
+        }
+        let Some(tag_body) = rest.strip_prefix('<') else {
+            let end = rest.find('<').unwrap_or(rest.len());
+            if skip_until.is_none() {
+                line.push_str(&decode_entities(&rest[..end]));
+                quoted |= depth > 0;
+            }
+            rest = &rest[end..];
+            continue;
+        };
+        let end = tag_body.find('>').unwrap_or(tag_body.len());
+        let tag = &tag_body[..end];
+        rest = tag_body.get(end + 1..).unwrap_or_default();
+        let closing = tag.starts_with('/');
+        let name: String = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if let Some(until) = skip_until {
+            if closing && name == until {
+                skip_until = None;
+            }
+            continue;
+        }
+        match name.as_str() {
+            "style" | "script" | "head" | "title" if !closing => {
+                skip_until = ["style", "script", "head", "title"]
+                    .into_iter()
+                    .find(|n| *n == name);
+            }
+            "blockquote" => {
+                flush(&mut line, &mut quoted);
+                depth = if closing {
+                    depth.saturating_sub(1)
+                } else {
+                    depth + 1
+                };
+            }
+            "hr" => {
+                flush(&mut line, &mut quoted);
+                line.push_str("________________________________");
+                flush(&mut line, &mut quoted);
+            }
+            "br" | "p" | "div" | "tr" | "li" | "ul" | "ol" | "table" | "pre" | "h1" | "h2"
+            | "h3" | "h4" | "h5" | "h6" => flush(&mut line, &mut quoted),
+            _ => {}
+        }
+    }
+    flush(&mut line, &mut quoted);
+    out
+}
+
+fn decode_entities(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp..];
+        let entity = rest
+            .get(1..)
+            .and_then(|r| r.find(';'))
+            .filter(|&n| n <= 10)
+            .map(|n| &rest[1..n + 1]);
+        let decoded = entity.and_then(|e| match e {
+            "nbsp" => Some('\u{a0}'),
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            _ => {
+                let num = e.strip_prefix('#')?;
+                let code = match num.strip_prefix(['x', 'X']) {
+                    Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                    None => num.parse().ok()?,
+                };
+                char::from_u32(code)
+            }
+        });
+        match (entity, decoded) {
+            (Some(e), Some(c)) => {
+                out.push(c);
+                rest = &rest[e.len() + 2..];
+            }
+            _ => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Removes RFC 5322 comments "( … )", nested ones included, so they cannot fake a result.
+fn strip_comments(value: &str) -> String {
+    let mut depth = 0usize;
+    value
+        .chars()
+        .filter(|&c| {
+            match c {
+                '(' => depth += 1,
+                ')' if depth > 0 => {
+                    depth -= 1;
+                    return false;
+                }
+                _ => {}
+            }
+            depth == 0
+        })
+        .collect()
+}
+
+fn clip(text: &str) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(MAX_DETAIL_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}

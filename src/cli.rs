@@ -1,0 +1,653 @@
+//! The command line: `serve`, `check-config`, and the admin commands, which are clients of the
+//! running daemon's admin API. Human text by default, one JSON document with `--json`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::client::{request, ClientError};
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "invited",
+    version,
+    about = "Email-driven invitations, enrollments and provider authorizations"
+)]
+pub struct Cli {
+    /// Config file (default: $INVITED_CONFIG, else config/invited.toml)
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print one JSON document instead of text
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon
+    Serve,
+    /// Validate the configuration and print a summary
+    CheckConfig,
+    /// Invite a reseller (one, or a CSV of many) on behalf of a provider
+    Invite {
+        #[arg(long)]
+        provider: String,
+        #[arg(long, conflicts_with = "csv", required_unless_present = "csv")]
+        email: Option<String>,
+        #[arg(long, required_unless_present = "csv")]
+        company: Option<String>,
+        #[arg(long, required_unless_present = "csv")]
+        country: Option<String>,
+        #[arg(long)]
+        contact_name: Option<String>,
+        #[arg(long)]
+        locale: Option<String>,
+        /// CSV with a header row: email,company,country[,contact_name,locale]
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
+    },
+    /// Submit an enrollment from a TOML or JSON file
+    Enroll {
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Approve or reject an enrollment in review
+    Review {
+        #[command(subcommand)]
+        decision: Review,
+    },
+    /// Invite a customer for a reseller and its provider at once
+    InviteCustomer {
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        reseller_email: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        company: String,
+        #[arg(long)]
+        locale: Option<String>,
+    },
+    /// List invitations, enrollments, customers, a provider's resellers or a reseller's providers
+    List {
+        /// invitations | enrollments | customers | resellers | providers
+        what: String,
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        reseller_email: Option<String>,
+    },
+    /// Show one record with its history
+    Show { id: String },
+    /// Send a fresh link; the old one stops working
+    Resend { id: String },
+    /// Revoke an invitation or authorization
+    Revoke { id: String },
+    /// Remove a provider's admin access (the authorization stays)
+    RemoveAdminAccess { id: String },
+    /// The outbox (`--dead` for the dead-letter list), or `outbox retry ID`
+    Outbox {
+        #[arg(long)]
+        dead: bool,
+        #[command(subcommand)]
+        op: Option<OutboxOp>,
+    },
+    /// Every inbound message and what became of it
+    Inbound {
+        #[arg(long)]
+        outcome: Option<String>,
+    },
+    /// Export every record (formula-safe CSV or JSON)
+    Export {
+        #[arg(long, default_value = "csv")]
+        format: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Review {
+    Approve {
+        id: String,
+    },
+    Reject {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxOp {
+    Retry { id: String },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("INVITED_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,lettre=info,sled=warn,hyper=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json_out = cli.json;
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json_out {
+                println!("{}", json!({"error": format!("{e:#}")}));
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let path = Config::locate(cli.config.as_deref());
+    if let Command::Serve = cli.command {
+        return crate::daemon::serve(&path).await;
+    }
+    let cfg = Config::load(&path)?;
+    if let Command::CheckConfig = cli.command {
+        crate::daemon::load_shared(cfg.clone())?;
+        let summary = json!({
+            "config": path.display().to_string(),
+            "store": cfg.store_path.display().to_string(),
+            "http": cfg.http_listen.to_string(),
+            "public_url": cfg.public_url,
+            "admin_socket": cfg.admin_socket.display().to_string(),
+            "outbound": match &cfg.outbound { crate::config::Outbound::File{..} => "file", crate::config::Outbound::Smtp(_) => "smtp" },
+            "inbound": match &cfg.inbound { crate::config::Inbound::Maildir{..} => "maildir", crate::config::Inbound::Imap(_) => "imap" },
+            "providers": cfg.providers.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
+            "ok": true,
+        });
+        if cli.json {
+            println!("{summary}");
+        } else {
+            println!("{}: ok", path.display());
+            println!("  store         {}", cfg.store_path.display());
+            println!(
+                "  http          {} (links: {})",
+                cfg.http_listen, cfg.public_url
+            );
+            println!("  admin socket  {}", cfg.admin_socket.display());
+            println!(
+                "  outbound      {}",
+                summary["outbound"].as_str().unwrap_or("")
+            );
+            println!(
+                "  inbound       {}",
+                summary["inbound"].as_str().unwrap_or("")
+            );
+            println!(
+                "  providers     {}",
+                cfg.providers
+                    .iter()
+                    .map(|p| p.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        return Ok(());
+    }
+    let sock = cfg.admin_socket.clone();
+    let j = cli.json;
+    let out = match cli.command {
+        Command::Serve | Command::CheckConfig => return Ok(()),
+        Command::Invite {
+            provider,
+            email: Some(email),
+            company,
+            country,
+            contact_name,
+            locale,
+            csv: None,
+        } => {
+            let v = call(&sock, "POST", "/v1/invite", Some(&json!({
+                "provider": provider, "email": email, "company": company.unwrap_or_default(),
+                "country": country.unwrap_or_default(), "contact_name": contact_name.unwrap_or_default(),
+                "locale": locale.unwrap_or_default(),
+            }))).await?;
+            if !j {
+                let verb = if v["existing"].as_bool() == Some(true) {
+                    "already invited"
+                } else {
+                    "invited"
+                };
+                println!(
+                    "{verb}: {} ({})",
+                    v["id"].as_str().unwrap_or(""),
+                    v["state"].as_str().unwrap_or("")
+                );
+            }
+            v
+        }
+        Command::Invite {
+            provider,
+            csv: Some(file),
+            ..
+        } => invite_csv(&sock, &provider, &file, j).await?,
+        Command::Invite { .. } => anyhow::bail!("invite needs --email or --csv"),
+        Command::Enroll { file } => {
+            let body = read_enrollment(&file)?;
+            let v = call(&sock, "POST", "/v1/enroll", Some(&body)).await?;
+            if !j {
+                print_record(&v);
+            }
+            v
+        }
+        Command::Review { decision } => {
+            let (id, path, body) = match decision {
+                Review::Approve { id } => {
+                    (id.clone(), format!("/v1/review/{id}/approve"), json!({}))
+                }
+                Review::Reject { id, reason } => (
+                    id.clone(),
+                    format!("/v1/review/{id}/reject"),
+                    json!({"reason": reason}),
+                ),
+            };
+            let _ = id;
+            let v = call(&sock, "POST", &path, Some(&body)).await?;
+            if !j {
+                print_record(&v);
+            }
+            v
+        }
+        Command::InviteCustomer {
+            provider,
+            reseller_email,
+            email,
+            company,
+            locale,
+        } => {
+            let v = call(&sock, "POST", "/v1/invite-customer", Some(&json!({
+                "provider": provider, "reseller_email": reseller_email, "email": email, "company": company, "locale": locale,
+            }))).await?;
+            if !j {
+                print_record(&v);
+            }
+            v
+        }
+        Command::List {
+            what,
+            provider,
+            state,
+            reseller_email,
+        } => {
+            let mut q = Vec::new();
+            if let Some(p) = &provider {
+                q.push(format!("provider={}", enc(p)));
+            }
+            if let Some(s) = &state {
+                q.push(format!("state={}", enc(s)));
+            }
+            if let Some(e) = &reseller_email {
+                q.push(format!("reseller_email={}", enc(e)));
+            }
+            let v = call(
+                &sock,
+                "GET",
+                &format!("/v1/list/{}?{}", enc(&what), q.join("&")),
+                None,
+            )
+            .await?;
+            if !j {
+                print_table(&v);
+            }
+            v
+        }
+        Command::Show { id } => {
+            let v = call(&sock, "GET", &format!("/v1/records/{}", enc(&id)), None).await?;
+            if !j {
+                print_record(&v);
+            }
+            v
+        }
+        Command::Resend { id } => record_op(&sock, &id, "resend", j).await?,
+        Command::Revoke { id } => record_op(&sock, &id, "revoke", j).await?,
+        Command::RemoveAdminAccess { id } => {
+            record_op(&sock, &id, "remove-admin-access", j).await?
+        }
+        Command::Outbox {
+            op: Some(OutboxOp::Retry { id }),
+            ..
+        } => {
+            let v = call(
+                &sock,
+                "POST",
+                &format!("/v1/outbox/{}/retry", enc(&id)),
+                None,
+            )
+            .await?;
+            if !j {
+                println!("requeued {}", id);
+            }
+            v
+        }
+        Command::Outbox { dead, op: None } => {
+            let v = call(&sock, "GET", &format!("/v1/outbox?dead={dead}"), None).await?;
+            if !j {
+                for i in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<6} {:<22} {:<32} attempts={} {}",
+                        i["id"].as_str().unwrap_or(""),
+                        i["state"].as_str().unwrap_or(""),
+                        i["kind"].as_str().unwrap_or(""),
+                        i["to"].as_str().unwrap_or(""),
+                        i["attempts"],
+                        i["last_error"].as_str().unwrap_or("")
+                    );
+                }
+                println!("{} message(s)", v.as_array().map(Vec::len).unwrap_or(0));
+            }
+            v
+        }
+        Command::Inbound { outcome } => {
+            let q = outcome
+                .map(|o| format!("?outcome={}", enc(&o)))
+                .unwrap_or_default();
+            let v = call(&sock, "GET", &format!("/v1/inbound{q}"), None).await?;
+            if !j {
+                for i in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<12} {:<28} {}  {}",
+                        i["received_at"].as_str().unwrap_or(""),
+                        i["outcome"].as_str().unwrap_or(""),
+                        i["record"].as_str().unwrap_or("-"),
+                        i["from"].as_str().unwrap_or(""),
+                        i["effect"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            v
+        }
+        Command::Export { format } => {
+            let v = call(&sock, "GET", "/v1/export", None).await?;
+            match format.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&v)?),
+                "csv" => print!("{}", export_csv(&v)?),
+                other => anyhow::bail!("--format {other:?} is not csv or json"),
+            }
+            return Ok(());
+        }
+    };
+    if j {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+async fn call(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Value> {
+    request(sock, method, path, body)
+        .await
+        .map_err(|e| match e {
+            ClientError::Api {
+                field: Some(f),
+                message,
+                ..
+            } if !message.contains(&f) => anyhow::anyhow!("{f}: {message}"),
+            other => anyhow::Error::from(other),
+        })
+}
+
+async fn record_op(sock: &Path, id: &str, op: &str, j: bool) -> anyhow::Result<Value> {
+    let v = call(sock, "POST", &format!("/v1/records/{}/{op}", enc(id)), None).await?;
+    if !j {
+        print_record(&v);
+    }
+    Ok(v)
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn read_enrollment(file: &Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let parsed: crate::rules::EnrollmentFile = if file.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+    } else {
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?
+    };
+    Ok(serde_json::to_value(parsed)?)
+}
+
+const CHUNK: usize = 2000;
+
+async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow::Result<Value> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_path(file)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let headers: Vec<String> = rdr
+        .headers()
+        .map_err(|e| anyhow::anyhow!("{}: header row: {e}", file.display()))?
+        .iter()
+        .map(|h| h.trim().trim_start_matches('\u{feff}').to_ascii_lowercase())
+        .collect();
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let (Some(ce), Some(cc), Some(cn)) = (col("email"), col("company"), col("country")) else {
+        anyhow::bail!(
+            "{}: the header row must name the columns email, company and country (found: {})",
+            file.display(),
+            headers.join(",")
+        );
+    };
+    let (cname, cloc) = (col("contact_name"), col("locale"));
+    let mut rows = Vec::new();
+    let mut local_rejects = Vec::new();
+    for rec in rdr.records() {
+        match rec {
+            Ok(r) => {
+                let line = r.position().map(|p| p.line()).unwrap_or(0);
+                let get = |i: Option<usize>| i.and_then(|i| r.get(i)).unwrap_or("").to_string();
+                rows.push(json!({"line": line, "email": get(Some(ce)), "company": get(Some(cc)), "country": get(Some(cn)), "contact_name": get(cname), "locale": get(cloc)}));
+            }
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                local_rejects.push(json!({"line": line, "email": "", "outcome": "rejected", "reason": format!("unreadable CSV row: {e}")}));
+            }
+        }
+    }
+    let total = rows.len();
+    let tty = std::io::stderr().is_terminal() && !j;
+    let (mut queued, mut existing, mut rejected) = (0u64, 0u64, local_rejects.len() as u64);
+    let mut out_rows: Vec<Value> = local_rejects;
+    let mut done = 0usize;
+    for chunk in rows.chunks(CHUNK) {
+        let v = call(
+            sock,
+            "POST",
+            "/v1/invite/bulk",
+            Some(&json!({"provider": provider, "rows": chunk})),
+        )
+        .await?;
+        queued += v["queued"].as_u64().unwrap_or(0);
+        existing += v["existing"].as_u64().unwrap_or(0);
+        rejected += v["rejected"].as_u64().unwrap_or(0);
+        out_rows.extend(v["rows"].as_array().cloned().unwrap_or_default());
+        done += chunk.len();
+        if tty {
+            let width = 30;
+            let filled = done * width / total.max(1);
+            eprint!(
+                "\r[{}{}] {done}/{total} rows",
+                "#".repeat(filled),
+                "-".repeat(width - filled)
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    out_rows.sort_by_key(|r| r["line"].as_u64().unwrap_or(0));
+    let v = json!({"queued": queued, "existing": existing, "rejected": rejected, "rows": out_rows});
+    if !j {
+        for r in v["rows"].as_array().into_iter().flatten() {
+            if r["outcome"] == "rejected" {
+                println!(
+                    "line {}: {}: {}",
+                    r["line"],
+                    r["email"].as_str().unwrap_or(""),
+                    r["reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+        println!("{queued} queued, {existing} already invited, {rejected} rejected ({total} rows)");
+    }
+    Ok(v)
+}
+
+fn print_record(v: &Value) {
+    for k in [
+        "id",
+        "kind",
+        "state",
+        "email",
+        "provider",
+        "company",
+        "country",
+        "admin_access",
+        "locale",
+        "created_at",
+        "updated_at",
+        "expires_at",
+    ] {
+        if let Some(x) = v.get(k).filter(|x| !x.is_null()) {
+            println!(
+                "{k:<13} {}",
+                x.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string())
+            );
+        }
+    }
+    if let Some(rel) = v
+        .get("relationships")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+    {
+        println!(
+            "relationships {}",
+            rel.iter()
+                .map(|r| r["kind"].as_str().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(h) = v.get("history").and_then(Value::as_array) {
+        println!("history");
+        for t in h {
+            println!(
+                "  {}  {:>20} -> {:<20} {:<6} {}",
+                t["at"].as_str().unwrap_or(""),
+                t["from"].as_str().unwrap_or(""),
+                t["to"].as_str().unwrap_or(""),
+                t["channel"].as_str().unwrap_or(""),
+                t["detail"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
+fn print_table(v: &Value) {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    for r in &rows {
+        println!(
+            "{}  {:<22} {:<20} {:<32} {:<14} {}",
+            r["id"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or(""),
+            r["state"].as_str().unwrap_or(""),
+            r["email"].as_str().unwrap_or(""),
+            r["provider"].as_str().unwrap_or("-"),
+            r["company"].as_str().unwrap_or("")
+        );
+    }
+    println!("{} record(s)", rows.len());
+}
+
+/// A cell that a spreadsheet would run as a formula gets a leading apostrophe.
+pub fn csv_safe(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    }
+}
+
+fn export_csv(v: &Value) -> anyhow::Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let cols = [
+        "id",
+        "kind",
+        "state",
+        "email",
+        "provider",
+        "company",
+        "country",
+        "admin_access",
+        "created_at",
+        "updated_at",
+    ];
+    w.write_record(cols)?;
+    for r in v.as_array().into_iter().flatten() {
+        let row: Vec<String> = cols
+            .iter()
+            .map(|c| match &r[*c] {
+                Value::Null => String::new(),
+                Value::String(s) => csv_safe(s),
+                other => other.to_string(),
+            })
+            .collect();
+        w.write_record(&row)?;
+    }
+    Ok(String::from_utf8(w.into_inner()?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formula_cells_are_defused() {
+        assert_eq!(super::csv_safe("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(super::csv_safe("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(super::csv_safe("Fabrikam"), "Fabrikam");
+    }
+}

@@ -1,0 +1,734 @@
+//! Configuration in two steps: the raw TOML shape (unknown keys rejected) and the validated `Config`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::{check_text, Email};
+
+pub const DEFAULT_CONFIG: &str = "config/invited.toml";
+pub const LOCALES: &[&str] = &["en-US", "ko-KR"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    store: RawStore,
+    http: RawHttp,
+    admin: RawAdmin,
+    keys: RawKeys,
+    mail: RawMail,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    providers: Vec<RawProvider>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: String,
+    cache_capacity: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+    public_url: String,
+    body_limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    socket: String,
+    listen: Option<String>,
+    token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    active: String,
+    files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMail {
+    from: String,
+    reply_to: String,
+    default_locale: Option<String>,
+    templates: Option<String>,
+    outbound: RawOutbound,
+    inbound: RawInbound,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbound {
+    transport: String,
+    dir: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    tls: Option<String>,
+    username: Option<String>,
+    password_file: Option<String>,
+    concurrency: Option<usize>,
+    rate_per_second: Option<u32>,
+    max_age: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    source: String,
+    dir: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    tls: Option<String>,
+    username: Option<String>,
+    password_file: Option<String>,
+    mailbox: Option<String>,
+    processed_mailbox: Option<String>,
+    idle: Option<bool>,
+    poll_interval: Option<String>,
+    trusted_authserv_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    invitation_ttl: Option<String>,
+    verification_ttl: Option<String>,
+    reminder_after: Option<String>,
+    reply_authorize: Option<String>,
+    webmail_domains: Option<Vec<String>>,
+    timer_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    id: String,
+    name: String,
+    email: String,
+    markets: Vec<String>,
+    #[serde(default)]
+    admin_access: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    None,
+    StartTls,
+    Tls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyAuthorize {
+    Dmarc,
+    Token,
+    Off,
+}
+
+#[derive(Clone)]
+pub struct Secret(pub String);
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: Tls,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    File { dir: PathBuf },
+    Smtp(SmtpConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct ImapConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: Tls,
+    pub username: String,
+    pub password_file: PathBuf,
+    pub mailbox: String,
+    pub processed_mailbox: String,
+    pub idle: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    Maildir { dir: PathBuf },
+    Imap(ImapConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub id: String,
+    pub name: String,
+    pub email: Email,
+    pub markets: Vec<String>,
+    pub admin_access: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub store_path: PathBuf,
+    pub cache_capacity: u64,
+    pub http_listen: SocketAddr,
+    pub public_url: String,
+    pub body_limit: usize,
+    pub admin_socket: PathBuf,
+    pub admin_listen: Option<SocketAddr>,
+    pub admin_token_file: Option<PathBuf>,
+    pub key_active: String,
+    pub key_files: BTreeMap<String, PathBuf>,
+    pub from_name: String,
+    pub from: Email,
+    pub reply_to: Email,
+    pub default_locale: String,
+    pub templates_dir: Option<PathBuf>,
+    pub outbound: Outbound,
+    pub concurrency: usize,
+    pub rate_per_second: u32,
+    pub max_age: Duration,
+    pub inbound: Inbound,
+    pub poll_interval: Duration,
+    pub trusted_authserv_id: String,
+    pub invitation_ttl: Duration,
+    pub verification_ttl: Duration,
+    pub reminder_after: Duration,
+    pub reply_authorize: ReplyAuthorize,
+    pub webmail_domains: Vec<String>,
+    pub timer_interval: Duration,
+    pub providers: Vec<Provider>,
+}
+
+/// A config error names the key (and the file) it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: String,
+        key: String,
+        message: String,
+    },
+}
+
+pub fn default_webmail_domains() -> Vec<String> {
+    [
+        "gmail.com",
+        "googlemail.com",
+        "yahoo.*",
+        "ymail.com",
+        "icloud.com",
+        "me.com",
+        "mac.com",
+        "aol.com",
+        "outlook.com",
+        "hotmail.*",
+        "live.*",
+        "msn.com",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `"30s"`, `"10m"`, `"2h"`, `"14d"`, `"500ms"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} has no unit (use ms, s, m, h or d, e.g. \"30s\")"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like \"30s\", \"10m\" or \"14d\""))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+impl Config {
+    /// The file named by `--config`, else `INVITED_CONFIG`, else `config/invited.toml`.
+    pub fn locate(flag: Option<&Path>) -> PathBuf {
+        if let Some(p) = flag {
+            return p.to_path_buf();
+        }
+        match std::env::var_os("INVITED_CONFIG") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => PathBuf::from(DEFAULT_CONFIG),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let p = path.display().to_string();
+        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: p.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let base = path
+            .parent()
+            .map(|d| {
+                if d.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    d
+                }
+            })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            path: p.clone(),
+            key: key.to_string(),
+            message,
+        };
+        let resolve = |s: &str| -> PathBuf {
+            let pb = PathBuf::from(s);
+            if pb.is_absolute() {
+                pb
+            } else {
+                base.join(pb)
+            }
+        };
+        let dur = |key: &str, v: &Option<String>, default: &str| -> Result<Duration, ConfigError> {
+            parse_duration(v.as_deref().unwrap_or(default)).map_err(|m| bad(key, m))
+        };
+        let tls = |key: &str, v: &Option<String>, default: Tls| -> Result<Tls, ConfigError> {
+            match v.as_deref() {
+                None => Ok(default),
+                Some("none") => Ok(Tls::None),
+                Some("starttls") => Ok(Tls::StartTls),
+                Some("tls") => Ok(Tls::Tls),
+                Some(o) => Err(bad(
+                    key,
+                    format!("{o:?} is not one of \"none\", \"starttls\", \"tls\""),
+                )),
+            }
+        };
+
+        let http_listen: SocketAddr = raw
+            .http
+            .listen
+            .parse()
+            .map_err(|e| bad("http.listen", format!("{:?}: {e}", raw.http.listen)))?;
+        let public_url = raw.http.public_url.trim_end_matches('/').to_string();
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(bad(
+                "http.public_url",
+                "must start with http:// or https://".into(),
+            ));
+        }
+        let admin_listen = match &raw.admin.listen {
+            Some(l) => Some(
+                l.parse()
+                    .map_err(|e| bad("admin.listen", format!("{l:?}: {e}")))?,
+            ),
+            None => None,
+        };
+        if admin_listen.is_some() && raw.admin.token_file.is_none() {
+            return Err(bad(
+                "admin.token_file",
+                "is required when admin.listen is set".into(),
+            ));
+        }
+        if raw.keys.files.is_empty() {
+            return Err(bad("keys.files", "lists no key".into()));
+        }
+        if !raw.keys.files.contains_key(&raw.keys.active) {
+            return Err(bad(
+                "keys.active",
+                format!("{:?} is not listed in keys.files", raw.keys.active),
+            ));
+        }
+        for kid in raw.keys.files.keys() {
+            if kid.is_empty()
+                || kid.len() > 32
+                || !kid
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(bad(
+                    "keys.files",
+                    format!("key id {kid:?} must be 1-32 letters, digits, - or _"),
+                ));
+            }
+        }
+        let key_files = raw
+            .keys
+            .files
+            .iter()
+            .map(|(k, v)| (k.clone(), resolve(v)))
+            .collect();
+
+        let (from_name, from) = parse_mailbox(&raw.mail.from).map_err(|m| bad("mail.from", m))?;
+        let reply_to = Email::parse(&raw.mail.reply_to).map_err(|m| bad("mail.reply_to", m))?;
+        if reply_to.local().contains('+') {
+            return Err(bad(
+                "mail.reply_to",
+                "must not contain '+': the daemon adds +<ref> itself".into(),
+            ));
+        }
+        let default_locale = raw
+            .mail
+            .default_locale
+            .clone()
+            .unwrap_or_else(|| "en-US".into());
+        if !LOCALES.contains(&default_locale.as_str()) {
+            return Err(bad(
+                "mail.default_locale",
+                format!("{default_locale:?} is not one of {LOCALES:?}"),
+            ));
+        }
+
+        let o = &raw.mail.outbound;
+        let outbound = match o.transport.as_str() {
+            "file" => Outbound::File {
+                dir: resolve(o.dir.as_deref().ok_or_else(|| {
+                    bad(
+                        "mail.outbound.dir",
+                        "is required for transport = \"file\"".into(),
+                    )
+                })?),
+            },
+            "smtp" => Outbound::Smtp(SmtpConfig {
+                host: o.host.clone().ok_or_else(|| {
+                    bad(
+                        "mail.outbound.host",
+                        "is required for transport = \"smtp\"".into(),
+                    )
+                })?,
+                port: o.port.unwrap_or(587),
+                tls: tls("mail.outbound.tls", &o.tls, Tls::StartTls)?,
+                username: o.username.clone(),
+                password_file: o.password_file.as_deref().map(resolve),
+            }),
+            other => {
+                return Err(bad(
+                    "mail.outbound.transport",
+                    format!("{other:?} is not \"file\" or \"smtp\""),
+                ))
+            }
+        };
+        let concurrency = o.concurrency.unwrap_or(4);
+        if concurrency == 0 || concurrency > 256 {
+            return Err(bad(
+                "mail.outbound.concurrency",
+                "must be between 1 and 256".into(),
+            ));
+        }
+        let rate_per_second = o.rate_per_second.unwrap_or(0);
+
+        let i = &raw.mail.inbound;
+        let inbound = match i.source.as_str() {
+            "maildir" => Inbound::Maildir {
+                dir: resolve(i.dir.as_deref().ok_or_else(|| {
+                    bad(
+                        "mail.inbound.dir",
+                        "is required for source = \"maildir\"".into(),
+                    )
+                })?),
+            },
+            "imap" => Inbound::Imap(ImapConfig {
+                host: i.host.clone().ok_or_else(|| {
+                    bad(
+                        "mail.inbound.host",
+                        "is required for source = \"imap\"".into(),
+                    )
+                })?,
+                port: i.port.unwrap_or(993),
+                tls: tls("mail.inbound.tls", &i.tls, Tls::Tls)?,
+                username: i.username.clone().ok_or_else(|| {
+                    bad(
+                        "mail.inbound.username",
+                        "is required for source = \"imap\"".into(),
+                    )
+                })?,
+                password_file: resolve(i.password_file.as_deref().ok_or_else(|| {
+                    bad(
+                        "mail.inbound.password_file",
+                        "is required for source = \"imap\"".into(),
+                    )
+                })?),
+                mailbox: i.mailbox.clone().unwrap_or_else(|| "INBOX".into()),
+                processed_mailbox: i
+                    .processed_mailbox
+                    .clone()
+                    .unwrap_or_else(|| "Processed".into()),
+                idle: i.idle.unwrap_or(true),
+            }),
+            other => {
+                return Err(bad(
+                    "mail.inbound.source",
+                    format!("{other:?} is not \"maildir\" or \"imap\""),
+                ))
+            }
+        };
+
+        let pol = &raw.policy;
+        let reply_authorize = match pol.reply_authorize.as_deref().unwrap_or("dmarc") {
+            "dmarc" => ReplyAuthorize::Dmarc,
+            "token" => ReplyAuthorize::Token,
+            "off" => ReplyAuthorize::Off,
+            other => {
+                return Err(bad(
+                    "policy.reply_authorize",
+                    format!("{other:?} is not \"dmarc\", \"token\" or \"off\""),
+                ))
+            }
+        };
+        let webmail_domains = pol
+            .webmail_domains
+            .clone()
+            .unwrap_or_else(default_webmail_domains)
+            .into_iter()
+            .map(|d| d.trim().to_ascii_lowercase())
+            .collect();
+
+        let mut providers = Vec::new();
+        for (n, rp) in raw.providers.iter().enumerate() {
+            let key = |k: &str| format!("providers[{n}].{k}");
+            if rp.id.is_empty()
+                || !rp
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                return Err(bad(
+                    &key("id"),
+                    format!("{:?} must be letters, digits, '-', '_' or '.'", rp.id),
+                ));
+            }
+            if providers.iter().any(|p: &Provider| p.id == rp.id) {
+                return Err(bad(&key("id"), format!("{:?} is listed twice", rp.id)));
+            }
+            check_text(&rp.name).map_err(|m| bad(&key("name"), m))?;
+            let email = Email::parse(&rp.email).map_err(|m| bad(&key("email"), m))?;
+            let mut markets = Vec::new();
+            for m in &rp.markets {
+                let m = m.trim().to_ascii_uppercase();
+                if !is_country(&m) {
+                    return Err(bad(
+                        &key("markets"),
+                        format!("{m:?} is not an ISO 3166-1 alpha-2 code"),
+                    ));
+                }
+                markets.push(m);
+            }
+            providers.push(Provider {
+                id: rp.id.clone(),
+                name: rp.name.clone(),
+                email,
+                markets,
+                admin_access: rp.admin_access.unwrap_or(true),
+            });
+        }
+
+        let trusted_authserv_id = i
+            .trusted_authserv_id
+            .clone()
+            .unwrap_or_else(|| reply_to.domain().to_string());
+        let invitation_ttl = dur("policy.invitation_ttl", &pol.invitation_ttl, "14d")?;
+        let verification_ttl = dur("policy.verification_ttl", &pol.verification_ttl, "7d")?;
+        let reminder_after = dur("policy.reminder_after", &pol.reminder_after, "10d")?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            store_path: resolve(&raw.store.path),
+            cache_capacity: raw.store.cache_capacity.unwrap_or(16 * 1024 * 1024),
+            http_listen,
+            public_url,
+            body_limit: raw.http.body_limit.unwrap_or(64 * 1024),
+            admin_socket: resolve(&raw.admin.socket),
+            admin_listen,
+            admin_token_file: raw.admin.token_file.as_deref().map(resolve),
+            key_active: raw.keys.active.clone(),
+            key_files,
+            from_name,
+            from,
+            reply_to,
+            default_locale,
+            templates_dir: raw.mail.templates.as_deref().map(resolve),
+            outbound,
+            concurrency,
+            rate_per_second,
+            max_age: dur("mail.outbound.max_age", &o.max_age, "5d")?,
+            inbound,
+            poll_interval: dur("mail.inbound.poll_interval", &i.poll_interval, "30s")?,
+            trusted_authserv_id,
+            invitation_ttl,
+            verification_ttl,
+            reminder_after,
+            reply_authorize,
+            webmail_domains,
+            timer_interval: dur("policy.timer_interval", &pol.timer_interval, "1s")?,
+            providers,
+        })
+    }
+
+    pub fn provider(&self, id: &str) -> Option<&Provider> {
+        self.providers.iter().find(|p| p.id == id)
+    }
+
+    /// Whether a domain is a web-based mail service (patterns like `yahoo.*` match any suffix).
+    pub fn is_webmail(&self, domain: &str) -> bool {
+        let d = domain.to_ascii_lowercase();
+        self.webmail_domains
+            .iter()
+            .any(|w| match w.strip_suffix(".*") {
+                Some(stem) => d
+                    .strip_prefix(stem)
+                    .is_some_and(|rest| rest.starts_with('.')),
+                None => d == *w,
+            })
+    }
+
+    pub fn locale(&self, requested: Option<&str>) -> String {
+        match requested {
+            Some(l) if LOCALES.contains(&l) => l.to_string(),
+            _ => self.default_locale.clone(),
+        }
+    }
+}
+
+pub fn is_country(s: &str) -> bool {
+    s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// `Name <addr@domain>` or a bare address.
+fn parse_mailbox(s: &str) -> Result<(String, Email), String> {
+    check_text(s)?;
+    match (s.find('<'), s.rfind('>')) {
+        (Some(a), Some(b)) if a < b => {
+            let name = s[..a].trim().trim_matches('"').to_string();
+            Ok((name, Email::parse(&s[a + 1..b])?))
+        }
+        _ => Ok((String::new(), Email::parse(s)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../config/invited.toml");
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/invited/invited.toml"))
+    }
+
+    #[test]
+    fn shipped_default_parses_and_resolves_paths_against_its_directory() {
+        let c = parse(SHIPPED).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.store_path, PathBuf::from("/etc/invited/../var/store"));
+        assert!(matches!(c.outbound, Outbound::File { .. }));
+        assert!(matches!(c.inbound, Inbound::Maildir { .. }));
+        assert_eq!(c.reply_authorize, ReplyAuthorize::Dmarc);
+        assert!(!c.providers.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (SHIPPED.replace("[store]", "[store]\nbogus = 1"), "bogus"),
+            (
+                SHIPPED.replace("invitation_ttl = \"14d\"", "invitation_ttl = \"14 days\""),
+                "policy.invitation_ttl",
+            ),
+            (
+                SHIPPED.replace("listen = \"127.0.0.1:8080\"", "listen = \"nowhere\""),
+                "http.listen",
+            ),
+            (
+                SHIPPED.replace("transport = \"file\"", "transport = \"pigeon\""),
+                "mail.outbound.transport",
+            ),
+            (
+                SHIPPED.replace("reply_authorize = \"dmarc\"", "reply_authorize = \"maybe\""),
+                "policy.reply_authorize",
+            ),
+            (
+                SHIPPED.replace("active = \"k1\"", "active = \"k9\""),
+                "keys.active",
+            ),
+            (
+                SHIPPED.replace("markets = [\"KR\"]", "markets = [\"Korea\"]"),
+                "providers[0].markets",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "error {err:?} should name {key}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("14d"), Ok(Duration::from_secs(14 * 86400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("1w").is_err());
+    }
+
+    #[test]
+    fn webmail_patterns() {
+        let c = parse(SHIPPED).unwrap_or_else(|e| panic!("{e}"));
+        for d in [
+            "gmail.com",
+            "yahoo.co.kr",
+            "hotmail.fr",
+            "live.com",
+            "naver.com",
+        ] {
+            assert!(c.is_webmail(d), "{d}");
+        }
+        for d in ["fabrikam.test", "yahoofinance.com", "mylive.com"] {
+            assert!(!c.is_webmail(d), "{d}");
+        }
+    }
+}

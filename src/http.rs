@@ -1,0 +1,297 @@
+//! The public HTTP edge: link pages (`/t/{token}`), health, readiness, metrics. GET and HEAD
+//! never change state; every invalid link gets the same page and status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Form, Router};
+use chrono::Utc;
+
+use crate::app::{App, LinkCheck, LinkForm, PostOutcome};
+use crate::model::{Purpose, Record};
+use crate::pages::{self, PageContext};
+use crate::rules::EnrollFields;
+
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+pub fn router(app: Arc<App>) -> Router {
+    let limit = app.shared().cfg.body_limit;
+    Router::new()
+        .route("/t/{token}", get(open).post(submit))
+        .route("/assets/style.css", get(style))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(app)
+}
+
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    res
+}
+
+async fn style(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        app.shared().templates.style_css.clone(),
+    )
+        .into_response()
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    if app.store.is_open() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "store not open\n").into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let body = app
+        .metrics
+        .render(app.store.outbox_depth(), app.store.outbox_dead_count());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn page(app: &App, name: &str, ctx: &PageContext) -> Response {
+    match app.shared().templates.render_page(name, &ctx.lang, ctx) {
+        Ok(body) => html(StatusCode::OK, body),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering a page");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+        }
+    }
+}
+
+/// The one page for every link that does not work, whatever the reason.
+fn invalid(app: &App, locale: Option<&str>) -> Response {
+    let sh = app.shared();
+    let locale = sh.cfg.locale(locale);
+    let ctx = pages::context(&sh, None, "", &locale, "");
+    let mut res = page(app, "page_invalid", &ctx);
+    *res.status_mut() = StatusCode::NOT_FOUND;
+    res
+}
+
+fn locale_for(app: &App, q: &HashMap<String, String>, rec: &Record) -> String {
+    app.shared().cfg.locale(
+        q.get("lang")
+            .map(String::as_str)
+            .or(Some(rec.locale.as_str())),
+    )
+}
+
+fn reseller_company(app: &App, rec: &Record) -> String {
+    rec.customer()
+        .and_then(|c| {
+            app.store
+                .read()
+                .record(&c.reseller_enrollment)
+                .ok()
+                .flatten()
+        })
+        .map(|e| e.company().to_string())
+        .unwrap_or_default()
+}
+
+fn page_name(app: &App, rec: &Record, purpose: Purpose) -> &'static str {
+    match purpose {
+        Purpose::VerifyContact => "page_verify_contact",
+        Purpose::AcceptAgreement => "page_accept_agreement",
+        Purpose::AcceptCustomer => "page_accept_customer",
+        Purpose::AuthorizeProvider => {
+            let active = app
+                .store
+                .read()
+                .records_for_recipient(rec.recipient())
+                .map(|rs| {
+                    rs.iter().any(|r| {
+                        r.enrollment()
+                            .is_some_and(|e| e.state == crate::model::EnrollmentState::Active)
+                    })
+                })
+                .unwrap_or(false);
+            if active {
+                "page_authorize_provider"
+            } else {
+                "page_enroll"
+            }
+        }
+    }
+}
+
+async fn open(
+    State(app): State<Arc<App>>,
+    Path(token): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    match app.check_link(&token, Utc::now()) {
+        LinkCheck::Open { record, purpose } => {
+            let locale = locale_for(&app, &q, &record);
+            let sh = app.shared();
+            let ctx = pages::context(
+                &sh,
+                Some(&record),
+                &token,
+                &locale,
+                &reseller_company(&app, &record),
+            );
+            page(&app, page_name(&app, &record, purpose), &ctx)
+        }
+        LinkCheck::Invalid(why) => {
+            tracing::debug!(?why, "invalid link opened");
+            invalid(&app, q.get("lang").map(String::as_str))
+        }
+        LinkCheck::Used { .. } => invalid(&app, q.get("lang").map(String::as_str)),
+    }
+}
+
+async fn submit(
+    State(app): State<Arc<App>>,
+    Path(token): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let get = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let link_form = LinkForm {
+        action: get("action"),
+        consent: form
+            .get("consent")
+            .is_some_and(|v| v == "on" || v == "true" || v == "yes"),
+        enroll: EnrollFields {
+            company: get("company"),
+            country: get("country"),
+            street: get("street"),
+            city: get("city"),
+            postal_code: get("postal_code"),
+            contact_name: get("contact_name"),
+            contact_email: String::new(),
+            contact_phone: get("contact_phone"),
+            support_email: get("support_email"),
+            support_phone: get("support_phone"),
+            website: get("website"),
+            mpn_id: get("mpn_id"),
+            mpn_country: get("mpn_country"),
+            locale: get("locale"),
+        },
+    };
+    let outcome = match app.post_link(&token, &link_form, Utc::now()).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "processing a link form");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; nothing was changed or it was saved: reload to see\n",
+            )
+                .into_response();
+        }
+    };
+    let sh = app.shared();
+    let result = |rec: &Record, result: &str, (title, message): (String, String)| {
+        let locale = locale_for(&app, &q, rec);
+        let mut ctx = pages::context(&sh, Some(rec), &token, &locale, "");
+        ctx.result = result.to_string();
+        ctx.result_title = title;
+        ctx.result_message = message;
+        page(&app, "page_result", &ctx)
+    };
+    match outcome {
+        PostOutcome::Invalid => invalid(&app, q.get("lang").map(String::as_str)),
+        PostOutcome::Done {
+            record,
+            purpose,
+            action,
+        } => {
+            let locale = locale_for(&app, &q, &record);
+            result(
+                &record,
+                "done",
+                pages::result_text(&locale, purpose, Some(action), None, false),
+            )
+        }
+        PostOutcome::Already { record, purpose } => {
+            let locale = locale_for(&app, &q, &record);
+            result(
+                &record,
+                "already",
+                pages::result_text(&locale, purpose, None, None, true),
+            )
+        }
+        PostOutcome::NotDone {
+            record,
+            purpose,
+            why,
+        } => {
+            let locale = locale_for(&app, &q, &record);
+            result(
+                &record,
+                "invalid",
+                pages::result_text(&locale, purpose, None, Some(&why), false),
+            )
+        }
+        PostOutcome::Enrolled { record, enrollment } => {
+            let locale = locale_for(&app, &q, &record);
+            result(
+                &record,
+                "done",
+                pages::enrolled_text(&locale, enrollment.recipient().as_str()),
+            )
+        }
+        PostOutcome::ConsentMissing { record, purpose } => {
+            let locale = locale_for(&app, &q, &record);
+            let mut ctx = pages::context(
+                &sh,
+                Some(&record),
+                &token,
+                &locale,
+                &reseller_company(&app, &record),
+            );
+            ctx.consent_error = true;
+            let mut res = page(&app, page_name(&app, &record, purpose), &ctx);
+            *res.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            res
+        }
+        PostOutcome::EnrollErrors {
+            record,
+            errors,
+            values,
+        } => {
+            let locale = locale_for(&app, &q, &record);
+            let mut ctx = pages::context(&sh, Some(&record), &token, &locale, "");
+            pages::keep_values(&mut ctx, &values);
+            pages::set_errors(&mut ctx, &errors, &locale);
+            let mut res = page(&app, "page_enroll", &ctx);
+            *res.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            res
+        }
+    }
+}

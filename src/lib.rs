@@ -1,0 +1,20 @@
+//! invited: an email-driven invitation daemon. See ARCHITECTURE.md for the map.
+
+pub mod admin;
+pub mod app;
+pub mod classify;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod maildir;
+pub mod metrics;
+pub mod model;
+pub mod outbox;
+pub mod pages;
+pub mod rules;
+pub mod sender;
+pub mod store;
+pub mod templates;
+pub mod token;

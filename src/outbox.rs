@@ -1,0 +1,225 @@
+//! Outbound messages as data: the typed, versioned mail stored in the outbox, and the pure
+//! step from a stored item to the bytes of a MIME message (render + build).
+
+use chrono::Duration as ChronoDuration;
+use lettre::message::header::{Header, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{Address, Message};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Email, Purpose, RecordId, Timestamp};
+use crate::templates::{Rendered, TemplateError, Templates};
+use crate::token::{Claims, Keys};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailKind {
+    ContactVerification,
+    EnrollmentStatus,
+    AgreementRequest,
+    ProviderInvitation,
+    InvitationReminder,
+    ProviderNotice,
+    CustomerInvitation,
+}
+
+impl MailKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailKind::ContactVerification => "contact_verification",
+            MailKind::EnrollmentStatus => "enrollment_status",
+            MailKind::AgreementRequest => "agreement_request",
+            MailKind::ProviderInvitation => "provider_invitation",
+            MailKind::InvitationReminder => "invitation_reminder",
+            MailKind::ProviderNotice => "provider_notice",
+            MailKind::CustomerInvitation => "customer_invitation",
+        }
+    }
+}
+
+/// The template context of every mail kind (version 1): one flat shape, every field present,
+/// so strict-mode templates can rely on it. `link` and `expires_at` are filled at render time.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MailFieldsV1 {
+    pub from_name: String,
+    pub recipient_name: String,
+    pub recipient_email: String,
+    pub company: String,
+    pub country: String,
+    pub provider_name: String,
+    pub provider_email: String,
+    pub reseller_company: String,
+    pub reseller_email: String,
+    pub reply_enabled: bool,
+    pub admin_access: bool,
+    pub in_markets: bool,
+    pub state: String,
+    pub reason: String,
+    pub needs_enrollment: bool,
+}
+
+/// What to sign into the message's link. The token itself is never stored: it is derived again
+/// (deterministically) when the message is rendered, so the store holds no bearer secrets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LinkSpec {
+    pub purpose: Purpose,
+    pub generation: u32,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxState {
+    Queued,
+    Sent,
+    Dead,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxItem {
+    /// The message's `<ref>`: 128 random bits, also its Reply-To plus address and Message-ID.
+    pub id: String,
+    pub message_id: String,
+    pub to: Email,
+    pub to_name: String,
+    pub kind: MailKind,
+    pub locale: String,
+    pub record: RecordId,
+    pub fields: MailFieldsV1,
+    pub link: Option<LinkSpec>,
+    pub state: OutboxState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub next_attempt_at: Timestamp,
+    pub sent_at: Option<Timestamp>,
+}
+
+#[derive(Serialize)]
+struct Context<'a> {
+    kind: &'static str,
+    #[serde(flatten)]
+    fields: &'a MailFieldsV1,
+    link: String,
+    expires_at: String,
+}
+
+/// `Auto-Submitted: auto-generated` (RFC 3834): tells vacation responders not to answer.
+#[derive(Clone)]
+struct AutoSubmitted;
+impl Header for AutoSubmitted {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Auto-Submitted")
+    }
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(AutoSubmitted)
+    }
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "auto-generated".to_string())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("building message: {0}")]
+    Message(String),
+}
+
+/// The parts the builder needs from configuration.
+pub struct Sender<'a> {
+    pub from_name: &'a str,
+    pub from: &'a Email,
+    pub reply_to: &'a Email,
+    pub public_url: &'a str,
+    pub keys: &'a Keys,
+    pub templates: &'a Templates,
+}
+
+pub fn link_url(public_url: &str, token: &str) -> String {
+    format!("{public_url}/t/{token}")
+}
+
+pub fn format_expiry(secs: i64, locale: &str) -> String {
+    let t = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default();
+    if locale == "ko-KR" {
+        // Shown in KST for Korean readers, with the zone named.
+        let kst = t + ChronoDuration::hours(9);
+        kst.format("%Y-%m-%d %H:%M KST").to_string()
+    } else {
+        t.format("%Y-%m-%d %H:%M UTC").to_string()
+    }
+}
+
+fn address(e: &Email) -> Result<Address, BuildError> {
+    Address::new(e.local(), e.domain()).map_err(|err| BuildError::Message(format!("{e}: {err}")))
+}
+
+impl Sender<'_> {
+    pub fn render(&self, item: &OutboxItem) -> Result<Rendered, BuildError> {
+        let (link, expires_at) = match &item.link {
+            Some(l) => {
+                let token = self.keys.sign(
+                    &Claims {
+                        purpose: l.purpose,
+                        record: item.record,
+                        generation: l.generation,
+                        expires_at: l.expires_at,
+                    },
+                    &item.to,
+                );
+                (
+                    link_url(self.public_url, &token),
+                    format_expiry(l.expires_at, &item.locale),
+                )
+            }
+            None => (String::new(), String::new()),
+        };
+        let ctx = Context {
+            kind: item.kind.as_str(),
+            fields: &item.fields,
+            link,
+            expires_at,
+        };
+        Ok(self
+            .templates
+            .render_mail(item.kind.as_str(), &item.locale, &ctx)?)
+    }
+
+    /// The reply address that identifies this one message.
+    pub fn reply_address(&self, reference: &str) -> Result<Address, BuildError> {
+        Address::new(
+            format!("{}+{reference}", self.reply_to.local()),
+            self.reply_to.domain(),
+        )
+        .map_err(|e| BuildError::Message(e.to_string()))
+    }
+
+    /// Builds the MIME message. Mailboxes are assembled from validated parts, never parsed from
+    /// user strings, so no field can inject a header.
+    pub fn build(&self, item: &OutboxItem) -> Result<Message, BuildError> {
+        let rendered = self.render(item)?;
+        let from = Mailbox::new(
+            Some(self.from_name.to_string()).filter(|s| !s.is_empty()),
+            address(self.from)?,
+        );
+        let to = Mailbox::new(
+            Some(item.to_name.clone()).filter(|s| !s.is_empty()),
+            address(&item.to)?,
+        );
+        let reply_to = Mailbox::new(None, self.reply_address(&item.id)?);
+        Message::builder()
+            .from(from)
+            .reply_to(reply_to)
+            .to(to)
+            .subject(rendered.subject)
+            .message_id(Some(format!("<{}>", item.message_id)))
+            .header(AutoSubmitted)
+            .multipart(MultiPart::alternative_plain_html(
+                rendered.text,
+                rendered.html,
+            ))
+            .map_err(|e| BuildError::Message(e.to_string()))
+    }
+}

@@ -1,0 +1,515 @@
+//! Input rules, as pure functions: enrollment fields, invitation rows, web-mail and market checks.
+//! Each failure names the field it is about.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{is_country, Config, LOCALES};
+use crate::model::{
+    check_text, Address, Contact, Email, Enrollment, EnrollmentState, Mpn, Support,
+};
+
+/// The enrollment form as a file (`invited enroll --file`) or an API body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentFile {
+    pub company: String,
+    pub country: String,
+    #[serde(default)]
+    pub locale: Option<String>,
+    pub address: FileAddress,
+    pub primary_contact: FileContact,
+    pub support: FileSupport,
+    pub mpn: FileMpn,
+}
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAddress {
+    pub street: String,
+    pub city: String,
+    pub postal_code: String,
+}
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileContact {
+    pub name: String,
+    pub email: String,
+    pub phone: String,
+}
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSupport {
+    pub email: String,
+    pub phone: String,
+    #[serde(default)]
+    pub website: Option<String>,
+}
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMpn {
+    pub id: String,
+    pub country: String,
+}
+
+/// The same fields, flat, as the web form posts them. `contact_email` is fixed to the invited
+/// address when the form comes from an invitation page.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EnrollFields {
+    pub company: String,
+    pub country: String,
+    pub street: String,
+    pub city: String,
+    pub postal_code: String,
+    pub contact_name: String,
+    pub contact_email: String,
+    pub contact_phone: String,
+    pub support_email: String,
+    pub support_phone: String,
+    pub website: String,
+    pub mpn_id: String,
+    pub mpn_country: String,
+    pub locale: String,
+}
+
+pub const FORM_FIELDS: &[&str] = &[
+    "company",
+    "country",
+    "street",
+    "city",
+    "postal_code",
+    "contact_name",
+    "contact_phone",
+    "support_email",
+    "support_phone",
+    "website",
+    "mpn_id",
+    "mpn_country",
+    "locale",
+];
+
+impl From<EnrollmentFile> for EnrollFields {
+    fn from(f: EnrollmentFile) -> Self {
+        EnrollFields {
+            company: f.company,
+            country: f.country,
+            street: f.address.street,
+            city: f.address.city,
+            postal_code: f.address.postal_code,
+            contact_name: f.primary_contact.name,
+            contact_email: f.primary_contact.email,
+            contact_phone: f.primary_contact.phone,
+            support_email: f.support.email,
+            support_phone: f.support.phone,
+            website: f.support.website.unwrap_or_default(),
+            mpn_id: f.mpn.id,
+            mpn_country: f.mpn.country,
+            locale: f.locale.unwrap_or_default(),
+        }
+    }
+}
+
+/// The key a flat field has in the enrollment file, for messages about `enroll --file`.
+pub fn file_key(field: &str) -> &'static str {
+    match field {
+        "company" => "company",
+        "country" => "country",
+        "locale" => "locale",
+        "street" => "address.street",
+        "city" => "address.city",
+        "postal_code" => "address.postal_code",
+        "contact_name" => "primary_contact.name",
+        "contact_email" => "primary_contact.email",
+        "contact_phone" => "primary_contact.phone",
+        "support_email" => "support.email",
+        "support_phone" => "support.phone",
+        "website" => "support.website",
+        "mpn_id" => "mpn.id",
+        "mpn_country" => "mpn.country",
+        _ => "form",
+    }
+}
+
+/// A rule broken by one field, as a stable code (pages translate it) and an English message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn text(
+    errors: &mut Vec<FieldError>,
+    field: &'static str,
+    value: &str,
+    required: bool,
+    max: usize,
+) -> String {
+    let v = value.trim();
+    if let Err(m) = check_text(v) {
+        errors.push(FieldError {
+            field,
+            code: "control",
+            message: m,
+        });
+    } else if required && v.is_empty() {
+        errors.push(FieldError {
+            field,
+            code: "required",
+            message: "is required".into(),
+        });
+    } else if v.chars().count() > max {
+        errors.push(FieldError {
+            field,
+            code: "too_long",
+            message: format!("is longer than {max} characters"),
+        });
+    }
+    v.to_string()
+}
+
+fn country(errors: &mut Vec<FieldError>, field: &'static str, value: &str) -> String {
+    let v = value.trim().to_ascii_uppercase();
+    if v.is_empty() {
+        errors.push(FieldError {
+            field,
+            code: "required",
+            message: "is required".into(),
+        });
+    } else if !is_country(&v) {
+        errors.push(FieldError {
+            field,
+            code: "country",
+            message: format!(
+                "{:?} is not an ISO 3166-1 alpha-2 country code (like KR)",
+                value.trim()
+            ),
+        });
+    }
+    v
+}
+
+fn email(errors: &mut Vec<FieldError>, field: &'static str, value: &str) -> Option<Email> {
+    if value.trim().is_empty() {
+        errors.push(FieldError {
+            field,
+            code: "required",
+            message: "is required".into(),
+        });
+        return None;
+    }
+    match Email::parse(value) {
+        Ok(e) => Some(e),
+        Err(m) => {
+            errors.push(FieldError {
+                field,
+                code: "email",
+                message: format!("{:?} {m}", value.trim()),
+            });
+            None
+        }
+    }
+}
+
+pub fn webmail_error(cfg: &Config, field: &'static str, e: &Email) -> Option<FieldError> {
+    cfg.is_webmail(e.domain()).then(|| FieldError {
+        field,
+        code: "webmail",
+        message: format!(
+            "{e} is on a web-based mail service ({}); the primary contact must use a company address",
+            e.domain()
+        ),
+    })
+}
+
+/// Validates an enrollment; returns every field error at once.
+pub fn validate_enrollment(
+    cfg: &Config,
+    f: &EnrollFields,
+) -> Result<(Enrollment, String), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let company = text(&mut errors, "company", &f.company, true, 200);
+    let company_country = country(&mut errors, "country", &f.country);
+    let street = text(&mut errors, "street", &f.street, true, 200);
+    let city = text(&mut errors, "city", &f.city, true, 100);
+    let postal_code = text(&mut errors, "postal_code", &f.postal_code, true, 20);
+    let contact_name = text(&mut errors, "contact_name", &f.contact_name, true, 200);
+    let contact_email = email(&mut errors, "contact_email", &f.contact_email);
+    if let Some(e) = &contact_email {
+        if let Some(err) = webmail_error(cfg, "contact_email", e) {
+            errors.push(err);
+        }
+    }
+    let contact_phone = phone(&mut errors, "contact_phone", &f.contact_phone);
+    let support_email = email(&mut errors, "support_email", &f.support_email);
+    let support_phone = phone(&mut errors, "support_phone", &f.support_phone);
+    let website = text(&mut errors, "website", &f.website, false, 300);
+    if !website.is_empty() && !(website.starts_with("https://") || website.starts_with("http://")) {
+        errors.push(FieldError {
+            field: "website",
+            code: "url",
+            message: "must start with https:// or http://".into(),
+        });
+    }
+    let mpn_id = text(&mut errors, "mpn_id", &f.mpn_id, true, 20);
+    if !mpn_id.is_empty() && !mpn_id.chars().all(|c| c.is_ascii_digit()) {
+        errors.push(FieldError {
+            field: "mpn_id",
+            code: "mpn_id",
+            message: "must be digits only".into(),
+        });
+    }
+    let mpn_country = country(&mut errors, "mpn_country", &f.mpn_country);
+    if is_country(&mpn_country) && is_country(&company_country) && mpn_country != company_country {
+        errors.push(FieldError {
+            field: "mpn_country",
+            code: "mpn_country",
+            message: format!("{mpn_country} must equal the company's country {company_country}"),
+        });
+    }
+    let locale = f.locale.trim();
+    let locale = if locale.is_empty() {
+        cfg.default_locale.clone()
+    } else if LOCALES.contains(&locale) {
+        locale.to_string()
+    } else {
+        errors.push(FieldError {
+            field: "locale",
+            code: "locale",
+            message: format!("{locale:?} is not one of {LOCALES:?}"),
+        });
+        cfg.default_locale.clone()
+    };
+    match (contact_email, support_email) {
+        (Some(ce), Some(se)) if errors.is_empty() => Ok((
+            Enrollment {
+                state: EnrollmentState::PendingVerification,
+                company,
+                country: company_country,
+                address: Address {
+                    street,
+                    city,
+                    postal_code,
+                },
+                primary_contact: Contact {
+                    name: contact_name,
+                    email: ce,
+                    phone: contact_phone,
+                },
+                support: Support {
+                    email: se,
+                    phone: support_phone,
+                    website: (!website.is_empty()).then_some(website),
+                },
+                mpn: Mpn {
+                    id: mpn_id,
+                    country: mpn_country,
+                },
+            },
+            locale,
+        )),
+        _ => Err(errors),
+    }
+}
+
+fn phone(errors: &mut Vec<FieldError>, field: &'static str, value: &str) -> String {
+    let v = text(errors, field, value, true, 40);
+    if !v.is_empty()
+        && !v
+            .chars()
+            .all(|c| c.is_ascii_digit() || " +-().".contains(c))
+    {
+        errors.push(FieldError {
+            field,
+            code: "phone",
+            message: "may hold only digits, spaces and + - ( ) .".into(),
+        });
+    }
+    v
+}
+
+/// One invitation row (CLI `--email` or a CSV line).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InviteRow {
+    pub email: String,
+    pub company: String,
+    pub country: String,
+    #[serde(default)]
+    pub contact_name: String,
+    #[serde(default)]
+    pub locale: String,
+}
+
+pub struct ValidInvite {
+    pub email: Email,
+    pub company: String,
+    pub country: String,
+    pub contact_name: String,
+    pub locale: String,
+}
+
+pub fn validate_invite(
+    cfg: &Config,
+    markets: &[String],
+    row: &InviteRow,
+) -> Result<ValidInvite, FieldError> {
+    let mut errors = Vec::new();
+    let email = email(&mut errors, "email", &row.email);
+    let company = text(&mut errors, "company", &row.company, true, 200);
+    let country = country(&mut errors, "country", &row.country);
+    let contact_name = text(&mut errors, "contact_name", &row.contact_name, false, 200);
+    let locale = row.locale.trim();
+    if !locale.is_empty() && !LOCALES.contains(&locale) {
+        errors.push(FieldError {
+            field: "locale",
+            code: "locale",
+            message: format!("{locale:?} is not one of {LOCALES:?}"),
+        });
+    }
+    if let Some(e) = &email {
+        if let Some(err) = webmail_error(cfg, "email", e) {
+            errors.push(err);
+        }
+    }
+    if errors.is_empty() && !markets.contains(&country) {
+        errors.push(market_error(&country, markets));
+    }
+    match (errors.into_iter().next(), email) {
+        (None, Some(email)) => Ok(ValidInvite {
+            email,
+            company,
+            country,
+            contact_name,
+            locale: cfg.locale(Some(locale).filter(|l| !l.is_empty())),
+        }),
+        (Some(e), _) => Err(e),
+        (None, None) => Err(FieldError {
+            field: "email",
+            code: "required",
+            message: "is required".into(),
+        }),
+    }
+}
+
+pub fn market_error(country: &str, markets: &[String]) -> FieldError {
+    FieldError {
+        field: "country",
+        code: "market",
+        message: format!(
+            "{country} is not in the provider's markets ({})",
+            markets.join(", ")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg() -> Config {
+        Config::parse(
+            include_str!("../config/invited.toml"),
+            Path::new("/x/invited.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn good() -> EnrollFields {
+        EnrollFields {
+            company: "Fabrikam Korea Ltd.".into(),
+            country: "kr".into(),
+            street: "123 Teheran-ro".into(),
+            city: "Seoul".into(),
+            postal_code: "06236".into(),
+            contact_name: "Kim Minji".into(),
+            contact_email: "minji.kim@fabrikam.test".into(),
+            contact_phone: "+82 2 555 0100".into(),
+            support_email: "support@fabrikam.test".into(),
+            support_phone: "+82 2 555 0199".into(),
+            website: String::new(),
+            mpn_id: "6543210".into(),
+            mpn_country: "KR".into(),
+            locale: "ko-KR".into(),
+        }
+    }
+
+    #[test]
+    fn a_good_enrollment_passes() {
+        let (e, locale) = validate_enrollment(&cfg(), &good()).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(e.country, "KR");
+        assert_eq!(locale, "ko-KR");
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        type Edit = fn(&mut EnrollFields);
+        let cases: &[(Edit, &str, &str)] = &[
+            (
+                |f| f.contact_email = "minji@gmail.com".into(),
+                "contact_email",
+                "webmail",
+            ),
+            (
+                |f| f.contact_email = "minji@yahoo.co.kr".into(),
+                "contact_email",
+                "webmail",
+            ),
+            (
+                |f| f.mpn_country = "JP".into(),
+                "mpn_country",
+                "mpn_country",
+            ),
+            (
+                |f| f.company = "Evil\r\nBcc: x@y.test".into(),
+                "company",
+                "control",
+            ),
+            (|f| f.city = String::new(), "city", "required"),
+            (|f| f.country = "Korea".into(), "country", "country"),
+            (
+                |f| f.support_email = "nope".into(),
+                "support_email",
+                "email",
+            ),
+            (
+                |f| f.contact_phone = "call me".into(),
+                "contact_phone",
+                "phone",
+            ),
+            (
+                |f| f.website = "javascript:alert(1)".into(),
+                "website",
+                "url",
+            ),
+            (|f| f.locale = "fr-FR".into(), "locale", "locale"),
+        ];
+        for (edit, field, code) in cases {
+            let mut f = good();
+            edit(&mut f);
+            let errs = validate_enrollment(&cfg(), &f).err().unwrap_or_default();
+            assert!(
+                errs.iter().any(|e| e.field == *field && e.code == *code),
+                "{field}/{code}: got {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn invite_rules() {
+        let c = cfg();
+        let markets = vec!["KR".to_string()];
+        let row = |email: &str, country: &str| InviteRow {
+            email: email.into(),
+            company: "Fabrikam".into(),
+            country: country.into(),
+            ..Default::default()
+        };
+        assert!(validate_invite(&c, &markets, &row("a@fabrikam.test", "KR")).is_ok());
+        let e = validate_invite(&c, &markets, &row("a@fabrikam.test", "JP")).err();
+        assert_eq!(e.map(|e| e.code), Some("market"));
+        let e = validate_invite(&c, &markets, &row("a@hotmail.com", "KR")).err();
+        assert_eq!(e.map(|e| e.code), Some("webmail"));
+        let e = validate_invite(&c, &markets, &row("not-an-address", "KR")).err();
+        assert_eq!(e.map(|e| e.field), Some("email"));
+    }
+}

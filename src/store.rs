@@ -1,0 +1,426 @@
+//! The sled store: records and their indexes, the outbox, reply references, inbound outcomes,
+//! timers. The only module that knows sled. Every change is one atomic batch under one write lock,
+//! and callers flush (`Store::flush`) before they acknowledge anything.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::model::{Body, Email, Purpose, Record, RecordId, Timestamp};
+use crate::outbox::OutboxItem;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store: corrupt entry {key}: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("store: {0}")]
+    Other(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where a reply's `<ref>` (plus address / Message-ID) points: one message about one record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageRef {
+    pub record: RecordId,
+    pub purpose: Option<Purpose>,
+    pub generation: u32,
+    pub message_id: String,
+}
+
+/// What became of one inbound message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboundRecord {
+    pub message_id: String,
+    pub from: String,
+    pub received_at: String,
+    pub outcome: String,
+    pub record: Option<RecordId>,
+    pub effect: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerKind {
+    Expire,
+    Remind,
+}
+
+impl TimerKind {
+    fn code(self) -> char {
+        match self {
+            TimerKind::Expire => 'x',
+            TimerKind::Remind => 'r',
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DueTimer {
+    pub key: Vec<u8>,
+    pub record: RecordId,
+    pub kind: TimerKind,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    write_lock: Arc<Mutex<()>>,
+}
+
+fn ms_key(t: &Timestamp) -> String {
+    format!("{:020}", t.timestamp_millis().max(0))
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T> {
+    serde_json::from_slice(v).map_err(|source| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising our own plain structs to JSON cannot fail (no maps with non-string keys).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Store {
+    pub fn open(path: &Path, cache_capacity: u64) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity)
+            .flush_every_ms(Some(500))
+            .open()?;
+        let tree = db.open_tree("invited")?;
+        Ok(Store {
+            db,
+            tree,
+            write_lock: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// Makes everything written so far durable. Blocking: call from `spawn_blocking` in async code
+    /// (sled's `flush_async` has a known deadlock).
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub async fn flush(&self) -> Result<()> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || s.flush_blocking())
+            .await
+            .map_err(|e| StoreError::Other(format!("flush task: {e}")))?
+    }
+
+    /// Runs `f` under the write lock; its writes are applied as one atomic batch if it returns Ok.
+    pub fn write<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut Txn) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut txn = Txn {
+            tree: &self.tree,
+            overlay: BTreeMap::new(),
+        };
+        let out = f(&mut txn)?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in txn.overlay {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        self.tree.apply_batch(batch).map_err(StoreError::from)?;
+        Ok(out)
+    }
+
+    /// A read-only view of committed data.
+    pub fn read(&self) -> Txn<'_> {
+        Txn {
+            tree: &self.tree,
+            overlay: BTreeMap::new(),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.tree.contains_key(b"k/probe").is_ok()
+    }
+}
+
+/// Reads see the batch's own pending writes; writes go to the batch.
+pub struct Txn<'a> {
+    tree: &'a sled::Tree,
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Txn<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+    fn insert(&mut self, key: impl Into<Vec<u8>>, value: Vec<u8>) {
+        self.overlay.insert(key.into(), Some(value));
+    }
+    fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.overlay.insert(key.into(), None);
+    }
+    /// Committed entries under `prefix` merged with this batch's pending writes, in key order.
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for kv in self.tree.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            out.insert(k.to_vec(), v.to_vec());
+        }
+        for (k, v) in self.overlay.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            match v {
+                Some(v) => out.insert(k.clone(), v.clone()),
+                None => out.remove(k),
+            };
+        }
+        Ok(out.into_iter().collect())
+    }
+    fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        match self.get(key)? {
+            Some(v) => Ok(Some(decode(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    // ---- records -------------------------------------------------------------------------
+
+    pub fn record(&self, id: &RecordId) -> Result<Option<Record>> {
+        self.get_json(format!("r/{id}").as_bytes())
+    }
+
+    /// Writes a record and keeps its indexes: by recipient, by provider, and the one live
+    /// authorization per (provider, email).
+    pub fn put_record(&mut self, r: &Record) -> Result<()> {
+        let key = format!("r/{}", r.id);
+        if self.get(key.as_bytes())?.is_none() {
+            self.insert(format!("e/{}/{}", r.recipient(), r.id), Vec::new());
+            if let Some(p) = r.provider() {
+                self.insert(format!("p/{p}/{}", r.id), Vec::new());
+            }
+        }
+        if let Body::ProviderAuthorization(a) = &r.body {
+            let live_key = format!("l/{}/{}", a.provider, a.email);
+            let live = matches!(
+                a.state,
+                crate::model::AuthorizationState::Invited
+                    | crate::model::AuthorizationState::Authorized
+            );
+            if live {
+                self.insert(live_key, r.id.0.to_vec());
+            } else if self.get(live_key.as_bytes())?.as_deref() == Some(&r.id.0[..]) {
+                self.remove(live_key);
+            }
+        }
+        self.insert(key, encode(r));
+        Ok(())
+    }
+
+    pub fn live_authorization(&self, provider: &str, email: &Email) -> Result<Option<RecordId>> {
+        Ok(self
+            .get(format!("l/{provider}/{email}").as_bytes())?
+            .and_then(|v| v.try_into().ok().map(RecordId)))
+    }
+
+    fn records_under(&self, prefix: &str) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        for (k, _) in self.scan(prefix.as_bytes())? {
+            let id = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(RecordId::parse);
+            if let Some(id) = id {
+                if let Some(r) = self.record(&id)? {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn records_for_recipient(&self, email: &Email) -> Result<Vec<Record>> {
+        self.records_under(&format!("e/{email}/"))
+    }
+
+    pub fn records_for_provider(&self, provider: &str) -> Result<Vec<Record>> {
+        self.records_under(&format!("p/{provider}/"))
+    }
+
+    pub fn all_records(&self) -> Result<Vec<Record>> {
+        self.scan(b"r/")?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v))
+            .collect()
+    }
+
+    // ---- outbox --------------------------------------------------------------------------
+
+    /// Queues a message; it becomes due at `item.next_attempt_at`.
+    pub fn put_outbox(&mut self, item: &OutboxItem) -> Result<()> {
+        let key = format!("o/{}", item.id);
+        if let Some(old) = self.get_json::<OutboxItem>(key.as_bytes())? {
+            self.remove(format!("q/{}/{}", ms_key(&old.next_attempt_at), old.id));
+            self.remove(format!("d/{}", old.id));
+        }
+        match item.state {
+            crate::outbox::OutboxState::Queued => self.insert(
+                format!("q/{}/{}", ms_key(&item.next_attempt_at), item.id),
+                Vec::new(),
+            ),
+            crate::outbox::OutboxState::Dead => self.insert(format!("d/{}", item.id), Vec::new()),
+            crate::outbox::OutboxState::Sent => {}
+        }
+        self.insert(key, encode(item));
+        Ok(())
+    }
+
+    pub fn outbox_item(&self, id: &str) -> Result<Option<OutboxItem>> {
+        self.get_json(format!("o/{id}").as_bytes())
+    }
+
+    /// Queued items due at or before `now`, oldest first, at most `limit`.
+    pub fn outbox_due(&self, now: &Timestamp, limit: usize) -> Result<Vec<OutboxItem>> {
+        let end = format!("q/{}~", ms_key(now));
+        let mut out = Vec::new();
+        for kv in self.tree.range(b"q/".to_vec()..end.into_bytes()) {
+            let (k, _) = kv?;
+            let id = String::from_utf8_lossy(&k[23..]).into_owned();
+            if let Some(item) = self.outbox_item(&id)? {
+                out.push(item);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the next queued item is due, if any.
+    pub fn outbox_next_due(&self) -> Result<Option<i64>> {
+        match self.tree.scan_prefix(b"q/").next() {
+            Some(kv) => {
+                let (k, _) = kv?;
+                Ok(std::str::from_utf8(&k[2..22])
+                    .ok()
+                    .and_then(|s| s.parse().ok()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn outbox_all(&self) -> Result<Vec<OutboxItem>> {
+        self.scan(b"o/")?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v))
+            .collect()
+    }
+
+    // ---- reply references ----------------------------------------------------------------
+
+    pub fn put_ref(&mut self, reference: &str, m: &MessageRef) {
+        self.insert(format!("m/{reference}"), encode(m));
+    }
+
+    pub fn message_ref(&self, reference: &str) -> Result<Option<MessageRef>> {
+        self.get_json(format!("m/{reference}").as_bytes())
+    }
+
+    // ---- inbound outcomes ----------------------------------------------------------------
+
+    pub fn inbound_seen(&self, key: &str) -> Result<bool> {
+        Ok(self.get(format!("i/{key}").as_bytes())?.is_some())
+    }
+
+    pub fn put_inbound(&mut self, key: &str, seq: u64, rec: &InboundRecord) {
+        self.insert(format!("i/{key}"), seq.to_be_bytes().to_vec());
+        self.insert(format!("j/{seq:020}"), encode(rec));
+    }
+
+    pub fn inbound_all(&self) -> Result<Vec<InboundRecord>> {
+        self.scan(b"j/")?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v))
+            .collect()
+    }
+
+    // ---- timers --------------------------------------------------------------------------
+
+    pub fn schedule(&mut self, at: &Timestamp, record: &RecordId, kind: TimerKind) {
+        self.insert(
+            format!("u/{}/{}/{}", ms_key(at), record, kind.code()),
+            Vec::new(),
+        );
+    }
+
+    pub fn due_timers(&self, now: &Timestamp, limit: usize) -> Result<Vec<DueTimer>> {
+        let end = format!("u/{}~", ms_key(now));
+        let mut out = Vec::new();
+        for kv in self.tree.range(b"u/".to_vec()..end.into_bytes()) {
+            let (k, _) = kv?;
+            let s = String::from_utf8_lossy(&k).into_owned();
+            let mut parts = s.split('/').skip(2);
+            let id = parts.next().and_then(RecordId::parse);
+            let kind = match parts.next() {
+                Some("x") => Some(TimerKind::Expire),
+                Some("r") => Some(TimerKind::Remind),
+                _ => None,
+            };
+            if let (Some(record), Some(kind)) = (id, kind) {
+                out.push(DueTimer {
+                    key: k.to_vec(),
+                    record,
+                    kind,
+                });
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn remove_timer(&mut self, t: &DueTimer) {
+        self.remove(t.key.clone());
+    }
+
+    // ---- small state (IMAP positions and the like) ---------------------------------------
+
+    pub fn meta(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .get(format!("k/{name}").as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set_meta(&mut self, name: &str, value: &str) {
+        self.insert(format!("k/{name}"), value.as_bytes().to_vec());
+    }
+}
+
+impl Store {
+    pub fn outbox_depth(&self) -> usize {
+        self.tree.scan_prefix(b"q/").count()
+    }
+
+    pub fn outbox_dead_count(&self) -> usize {
+        self.tree.scan_prefix(b"d/").count()
+    }
+
+    pub fn next_seq(&self) -> Result<u64> {
+        Ok(self.db.generate_id()?)
+    }
+}

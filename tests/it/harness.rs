@@ -1,0 +1,447 @@
+//! A running daemon for tests: its own temp directory, config, port-0 HTTP listener, admin
+//! socket, outbox directory and inbox maildir; driven through the real binary and its edges.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_invited");
+
+pub struct Options {
+    pub invitation_ttl: &'static str,
+    pub verification_ttl: &'static str,
+    pub reminder_after: &'static str,
+    pub reply_authorize: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            invitation_ttl: "14d",
+            verification_ttl: "7d",
+            reminder_after: "10d",
+            reply_authorize: "dmarc",
+        }
+    }
+}
+
+pub fn config_text(o: &Options) -> String {
+    format!(
+        r#"
+[store]
+path = "store"
+cache_capacity = 8000000
+[http]
+listen = "127.0.0.1:0"
+public_url = "http://links.invited.test"
+[admin]
+socket = "admin.sock"
+[keys]
+active = "k1"
+files = {{ k1 = "keys/k1.key" }}
+[mail]
+from = "Contoso Distribution <partners@invited.test>"
+reply_to = "replies@invited.test"
+default_locale = "en-US"
+[mail.outbound]
+transport = "file"
+dir = "outbox"
+[mail.inbound]
+source = "maildir"
+dir = "inbox"
+poll_interval = "100ms"
+trusted_authserv_id = "mx.invited.test"
+[policy]
+invitation_ttl = "{}"
+verification_ttl = "{}"
+reminder_after = "{}"
+reply_authorize = "{}"
+timer_interval = "100ms"
+[[providers]]
+id = "contoso-kr"
+name = "Contoso Distribution Korea"
+email = "ops@contoso.test"
+markets = ["KR"]
+[[providers]]
+id = "contoso-jp"
+name = "Contoso Distribution Japan"
+email = "jp-ops@contoso.test"
+markets = ["JP"]
+"#,
+        o.invitation_ttl, o.verification_ttl, o.reminder_after, o.reply_authorize
+    )
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Option<Child>,
+    pub http: String,
+}
+
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Daemon {
+    pub fn start(o: Options) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("inv")
+            .tempdir_in("/tmp")
+            .unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let config = dir.path().join("invited.toml");
+        std::fs::write(&config, config_text(&o)).unwrap_or_else(|e| panic!("{e}"));
+        let mut d = Daemon {
+            dir,
+            config,
+            child: None,
+            http: String::new(),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {BIN}: {e}"));
+        self.child = Some(child);
+        wait_for("the admin socket", Duration::from_secs(30), || {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("daemon exited early ({st}): {}", self.log());
+                }
+            }
+            self.cli(&["--json", "list", "invitations"]).0.then_some(())
+        });
+        let st = self.api_status();
+        self.http = st["http"].as_str().unwrap_or_default().to_string();
+    }
+
+    fn api_status(&self) -> Value {
+        // the status endpoint is not a CLI command; ask the socket directly
+        let sock = self.dir.path().join("admin.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(invited::client::request(&sock, "GET", "/v1/status", None))
+            .unwrap_or_else(|e| panic!("status: {e}"))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> Result<Value, String> {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let (ok, out, err) = self.cli(&a);
+        if !ok {
+            return Err(format!("{err}{out}"));
+        }
+        serde_json::from_str(&out).map_err(|e| format!("bad JSON {e}: {out}"))
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        self.cli_ok(args).unwrap_or_else(|e| {
+            panic!(
+                "invited {args:?} failed: {e}\n--- daemon log ---\n{}",
+                self.log()
+            )
+        })
+    }
+
+    pub fn state(&self, id: &str) -> String {
+        self.json(&["show", id])["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    pub fn wait_state(&self, id: &str, state: &str) {
+        wait_for(
+            &format!("{id} to become {state}"),
+            Duration::from_secs(20),
+            || (self.state(id) == state).then_some(()),
+        );
+    }
+
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.dir.path().join("outbox")
+    }
+
+    /// Every written message to `to` of `kind`, oldest first.
+    pub fn mails(&self, to: &str, kind_subject_hint: Option<&str>) -> Vec<Mail> {
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(self.outbox_dir()) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "eml") {
+                continue;
+            }
+            let Ok(raw) = std::fs::read(&p) else { continue };
+            let m = Mail::parse(&raw, p.metadata().and_then(|m| m.modified()).ok());
+            if m.to.eq_ignore_ascii_case(to)
+                && kind_subject_hint.is_none_or(|h| m.subject.contains(h))
+            {
+                out.push(m);
+            }
+        }
+        out.sort_by_key(|m| m.written);
+        out
+    }
+
+    /// Waits until the outbox holds `n` messages to `to` whose subject contains `hint`.
+    pub fn wait_mails(&self, to: &str, hint: &str, n: usize) -> Vec<Mail> {
+        wait_for(
+            &format!("{n} mail(s) to {to} ({hint})"),
+            Duration::from_secs(20),
+            || {
+                let m = self.mails(to, Some(hint));
+                (m.len() >= n).then_some(m)
+            },
+        )
+    }
+
+    /// Drops a message into the inbox maildir the way an MDA would (tmp/ then rename to new/).
+    pub fn deliver(&self, name: &str, raw: &str) {
+        let inbox = self.dir.path().join("inbox");
+        let tmp = inbox.join("tmp").join(name);
+        std::fs::write(&tmp, raw).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&tmp, inbox.join("new").join(name)).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub fn wait_inbound(&self, message_id: &str) -> Value {
+        wait_for(
+            &format!("inbound {message_id}"),
+            Duration::from_secs(20),
+            || {
+                self.json(&["inbound"])
+                    .as_array()
+                    .and_then(|a| a.iter().find(|i| i["message_id"] == message_id).cloned())
+            },
+        )
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        http(&self.http, "GET", path, None)
+    }
+    pub fn head(&self, path: &str) -> Response {
+        http(&self.http, "HEAD", path, None)
+    }
+    pub fn post(&self, path: &str, form: &[(&str, &str)]) -> Response {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", urlenc(k), urlenc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        http(&self.http, "POST", path, Some(&body))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn urlenc(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A deliberately small HTTP/1.1 client (Connection: close), so tests see exactly what went over the wire.
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let body = body.unwrap_or("");
+    let ct = if method == "POST" {
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+    } else {
+        ""
+    };
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    Response {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub message_id: String,
+    pub reply_to: String,
+    pub text: String,
+    pub html: String,
+    pub auto_submitted: String,
+    pub written: Option<std::time::SystemTime>,
+}
+
+impl Mail {
+    pub fn parse(raw: &[u8], written: Option<std::time::SystemTime>) -> Mail {
+        let m = mail_parser::MessageParser::default()
+            .parse(raw)
+            .unwrap_or_else(|| panic!("unparsable eml"));
+        let addr = |a: Option<&mail_parser::Address>| {
+            a.and_then(|a| a.first())
+                .and_then(|a| a.address())
+                .unwrap_or_default()
+                .to_string()
+        };
+        Mail {
+            to: addr(m.to()),
+            subject: m.subject().unwrap_or_default().to_string(),
+            message_id: m.message_id().unwrap_or_default().to_string(),
+            reply_to: addr(m.reply_to()),
+            text: m.body_text(0).map(|t| t.into_owned()).unwrap_or_default(),
+            html: m.body_html(0).map(|t| t.into_owned()).unwrap_or_default(),
+            auto_submitted: m
+                .header_raw("Auto-Submitted")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            written,
+        }
+    }
+
+    /// The path of the link in the message (`/t/<token>`).
+    pub fn link_path(&self) -> String {
+        let i = self
+            .text
+            .find("/t/")
+            .unwrap_or_else(|| panic!("no link in {}", self.text));
+        let rest = &self.text[i..];
+        let end = rest[3..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .map(|e| e + 3)
+            .unwrap_or(rest.len());
+        rest[..end].to_string()
+    }
+}
+
+pub fn reply(
+    from: &str,
+    to_mail: &Mail,
+    message_id: &str,
+    body: &str,
+    extra_headers: &str,
+) -> String {
+    format!(
+        "Return-Path: <{from}>\r\nAuthentication-Results: mx.invited.test; dkim=pass header.d=example; spf=pass; dmarc=pass (p=none) header.from={dom}\r\nFrom: Contact <{from}>\r\nTo: {to}\r\nSubject: Re: {subj}\r\nMessage-ID: <{message_id}>\r\nIn-Reply-To: <{irt}>\r\nReferences: <{irt}>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n{extra_headers}\r\n{body}\r\n",
+        dom = from.split('@').nth(1).unwrap_or(""),
+        to = to_mail.reply_to,
+        subj = to_mail.subject,
+        irt = to_mail.message_id,
+    )
+}

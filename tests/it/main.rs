@@ -1,0 +1,7 @@
+//! The one integration-test binary: the daemon driven through its real edges.
+
+mod corpus;
+mod crash;
+mod flow;
+mod harness;
+mod tokens;

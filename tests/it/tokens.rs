@@ -1,0 +1,189 @@
+//! Every bad link gets the same generic page and changes nothing: tampered, expired, wrong
+//! purpose, old generation (after resend), replayed.
+
+use crate::harness::{Daemon, Options};
+use invited::model::{Email, Purpose, RecordId};
+use invited::token::{Claims, Keys};
+
+fn keys_of(d: &Daemon) -> Keys {
+    let mut files = std::collections::BTreeMap::new();
+    files.insert("k1".to_string(), d.dir.path().join("keys/k1.key"));
+    Keys::load("k1", &files).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn every_bad_link_gets_the_same_page_and_changes_nothing() {
+    let d = Daemon::start(Options::default());
+    let r = d.json(&[
+        "invite",
+        "--provider",
+        "contoso-kr",
+        "--email",
+        "han@proseware.test",
+        "--company",
+        "Proseware",
+        "--country",
+        "KR",
+    ]);
+    let id = r["id"].as_str().unwrap_or_default().to_string();
+    let m = d
+        .wait_mails("han@proseware.test", "", 1)
+        .pop()
+        .unwrap_or_else(|| panic!("mail"));
+    let good = m.link_path();
+    let generic = d.get("/t/not-a-token");
+    assert_eq!(generic.status, 404);
+
+    let mut bad: Vec<(String, String)> = Vec::new();
+    // tampered: one character changed in the middle
+    let mut t: Vec<char> = good.chars().collect();
+    let mid = t.len() / 2;
+    t[mid] = if t[mid] == 'A' { 'B' } else { 'A' };
+    bad.push(("tampered".into(), t.into_iter().collect()));
+    // truncated
+    bad.push(("truncated".into(), good[..good.len() - 4].to_string()));
+    // wrong purpose, correctly signed with the daemon's own key
+    let keys = keys_of(&d);
+    let rid = RecordId::parse(&id).unwrap_or_else(|| panic!("id"));
+    let email = Email::parse("han@proseware.test").unwrap_or_else(|e| panic!("{e}"));
+    let far = chrono::Utc::now().timestamp() + 86400;
+    let wrong = keys.sign(
+        &Claims {
+            purpose: Purpose::AcceptCustomer,
+            record: rid,
+            generation: 0,
+            expires_at: far,
+        },
+        &email,
+    );
+    bad.push(("wrong purpose".into(), format!("/t/{wrong}")));
+    // wrong recipient bound
+    let other = Email::parse("someone@proseware.test").unwrap_or_else(|e| panic!("{e}"));
+    let stolen = keys.sign(
+        &Claims {
+            purpose: Purpose::AuthorizeProvider,
+            record: rid,
+            generation: 0,
+            expires_at: far,
+        },
+        &other,
+    );
+    bad.push(("other recipient".into(), format!("/t/{stolen}")));
+    // expired, correctly signed
+    let past = chrono::Utc::now().timestamp() - 1;
+    let expired = keys.sign(
+        &Claims {
+            purpose: Purpose::AuthorizeProvider,
+            record: rid,
+            generation: 0,
+            expires_at: past,
+        },
+        &email,
+    );
+    bad.push(("expired".into(), format!("/t/{expired}")));
+    // a sanity check that the forging above is right: the same claims unexpired are accepted
+    let fine = keys.sign(
+        &Claims {
+            purpose: Purpose::AuthorizeProvider,
+            record: rid,
+            generation: 0,
+            expires_at: far,
+        },
+        &email,
+    );
+    assert_eq!(
+        d.get(&format!("/t/{fine}")).status,
+        200,
+        "a correctly signed current token works"
+    );
+
+    // old generation: resend issues a fresh link and kills the old one
+    let resent = d.json(&["resend", &id]);
+    assert_eq!(resent["state"], "invited");
+    bad.push(("old generation".into(), good.clone()));
+    let fresh = d
+        .wait_mails("han@proseware.test", "", 2)
+        .pop()
+        .unwrap_or_else(|| panic!("mail"))
+        .link_path();
+    assert_ne!(fresh, good);
+
+    for (what, path) in &bad {
+        for method in ["GET", "POST"] {
+            let r = if method == "GET" {
+                d.get(path)
+            } else {
+                d.post(path, &[("action", "authorize"), ("consent", "on")])
+            };
+            assert_eq!(r.status, generic.status, "{what} {method}");
+            assert_eq!(
+                r.body, generic.body,
+                "{what} {method}: the same page for every failure"
+            );
+        }
+        assert_eq!(d.state(&id), "invited", "{what}: no state change");
+    }
+
+    // replay: decline with the fresh link, then every further use gets the generic page on GET
+    let r = d.post(&fresh, &[("action", "decline")]);
+    assert_eq!(r.status, 200);
+    let replay = d.get(&fresh);
+    assert_eq!(
+        (replay.status, &replay.body),
+        (generic.status, &generic.body)
+    );
+    let replay_other = d.post(&fresh, &[("action", "authorize"), ("consent", "on")]);
+    assert_eq!(
+        (replay_other.status, &replay_other.body),
+        (generic.status, &generic.body)
+    );
+    assert_eq!(d.state(&id), "declined");
+    assert_eq!(
+        d.json(&["show", &id])["history"]
+            .as_array()
+            .map(|h| h.iter().filter(|t| t["to"] == "declined").count()),
+        Some(1)
+    );
+}
+
+#[test]
+fn concurrent_posts_of_one_token_make_one_transition() {
+    let d = Daemon::start(Options::default());
+    let r = d.json(&[
+        "invite",
+        "--provider",
+        "contoso-kr",
+        "--email",
+        "yoon@relecloud.test",
+        "--company",
+        "Relecloud",
+        "--country",
+        "KR",
+    ]);
+    let id = r["id"].as_str().unwrap_or_default().to_string();
+    let link = d
+        .wait_mails("yoon@relecloud.test", "", 1)
+        .pop()
+        .unwrap_or_else(|| panic!("mail"))
+        .link_path();
+    let addr = d.http.clone();
+    let handles: Vec<_> = (0..20)
+        .map(|_| {
+            let (addr, link) = (addr.clone(), link.clone());
+            std::thread::spawn(move || {
+                crate::harness::http(&addr, "POST", &link, Some("action=decline")).status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap_or(0)).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 404),
+        "{statuses:?}"
+    );
+    let h = d.json(&["show", &id])["history"].clone();
+    assert_eq!(
+        h.as_array()
+            .map(|a| a.iter().filter(|t| t["to"] == "declined").count()),
+        Some(1)
+    );
+}
