@@ -178,29 +178,12 @@ async fn review(
     to_value(crate::app::record_json(&rec, true))
 }
 
-#[derive(Deserialize)]
-struct CustomerBody {
-    provider: String,
-    reseller_email: String,
-    email: String,
-    company: String,
-    #[serde(default)]
-    locale: Option<String>,
-}
-
-async fn invite_customer(State(st): S, h: HeaderMap, Json(b): Json<CustomerBody>) -> R {
-    let rec = st
-        .app
-        .invite_customer(
-            &b.provider,
-            &b.reseller_email,
-            &b.email,
-            &b.company,
-            b.locale.as_deref(),
-            channel(&h),
-            Utc::now(),
-        )
-        .await?;
+async fn invite_customer(
+    State(st): S,
+    h: HeaderMap,
+    Json(b): Json<crate::app::CustomerRequest>,
+) -> R {
+    let rec = st.app.invite_customer(&b, channel(&h), Utc::now()).await?;
     to_value(crate::app::record_json(&rec, true))
 }
 

@@ -562,14 +562,17 @@ impl App {
 
     pub async fn invite_customer(
         &self,
-        provider: &str,
-        reseller_email: &str,
-        email: &str,
-        company: &str,
-        locale: Option<&str>,
+        req: &CustomerRequest,
         channel: Channel,
         now: Timestamp,
     ) -> Result<Record> {
+        let (provider, reseller_email, email, company, locale) = (
+            req.provider.as_str(),
+            req.reseller_email.as_str(),
+            req.email.as_str(),
+            req.company.as_str(),
+            req.locale.as_deref(),
+        );
         let sh = self.shared();
         let p = Self::provider(&sh, provider)?;
         let reseller_email = Email::parse(reseller_email).map_err(|m| AppError::Invalid {
@@ -760,6 +763,7 @@ impl App {
 
     /// Performs `action` for `purpose` on `rec`, queues what it causes; Ok(None) when it changed
     /// something, Ok(Some(why)) when it did not.
+    #[allow(clippy::too_many_arguments)] // one call site per channel; a struct would only rename the same eight things
     fn act(
         &self,
         sh: &Shared,
@@ -1321,12 +1325,14 @@ impl App {
             "invitations" => Kind::ProviderAuthorization,
             "enrollments" => Kind::Enrollment,
             "customers" => Kind::CustomerInvitation,
-            other => return Err(AppError::Invalid {
-                field: "list".into(),
-                message: format!(
+            other => {
+                return Err(AppError::Invalid {
+                    field: "list".into(),
+                    message: format!(
                     "{other:?} is not invitations, enrollments, customers, resellers or providers"
                 ),
-            }),
+                })
+            }
         };
         if let Some(s) = state {
             let known = match kind {
@@ -1494,6 +1500,17 @@ impl App {
             .filter(|r| outcome.is_none_or(|o| r.outcome == o))
             .collect())
     }
+}
+
+/// A customer invitation request (`invite-customer`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct CustomerRequest {
+    pub provider: String,
+    pub reseller_email: String,
+    pub email: String,
+    pub company: String,
+    #[serde(default)]
+    pub locale: Option<String>,
 }
 
 /// The fields of a posted link form.

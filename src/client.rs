@@ -9,10 +9,10 @@ use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the daemon at {socket}: {source} (is `invited serve` running with this config?)")]
+    #[error("cannot reach the daemon at {socket}: {cause} (is `invited serve` running with this config?)")]
     Connect {
         socket: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("talking to the daemon: {0}")]
     Protocol(String),
@@ -32,9 +32,9 @@ pub async fn request(
 ) -> Result<Value, ClientError> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
-        .map_err(|source| ClientError::Connect {
+        .map_err(|cause| ClientError::Connect {
             socket: socket.display().to_string(),
-            source,
+            cause,
         })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

@@ -243,7 +243,7 @@ pub fn validate_enrollment(
     let support_email = email(&mut errors, "support_email", &f.support_email);
     let support_phone = phone(&mut errors, "support_phone", &f.support_phone);
     let website = text(&mut errors, "website", &f.website, false, 300);
-    if !website.is_empty() && !(website.starts_with("https://") || website.starts_with("http://")) {
+    if !(website.is_empty() || website.starts_with("https://") || website.starts_with("http://")) {
         errors.push(FieldError {
             field: "website",
             code: "url",

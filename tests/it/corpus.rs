@@ -161,10 +161,20 @@ async fn setup(app: &App, purpose: &str, recipient: &str) -> RecordId {
                 .unwrap_or_else(|e| panic!("{e}"))
                 .id;
             act(app, auth, Purpose::AuthorizeProvider, "authorize").await;
-            app.invite_customer("contoso-kr", reseller, &save, "Adatum", None, ch, now)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-                .id
+            app.invite_customer(
+                &invited::app::CustomerRequest {
+                    provider: "contoso-kr".into(),
+                    reseller_email: reseller.into(),
+                    email: save.clone(),
+                    company: "Adatum".into(),
+                    locale: None,
+                },
+                ch,
+                now,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .id
         }
         other => panic!("unknown record kind {other}"),
     }

@@ -12,7 +12,7 @@ someone@gmail.com,Webmail Co,KR,,,webmail\n\
 taro@adatum.test,Adatum Japan,JP,,,country not in markets\n\
 \"evil@contoso-evil.test\",\"Evil\nBcc: x@y.test\",KR,,,control characters\n";
 
-fn find_row<'a>(v: &'a serde_json::Value, line: u64) -> &'a serde_json::Value {
+fn find_row(v: &serde_json::Value, line: u64) -> &serde_json::Value {
     v["rows"]
         .as_array()
         .and_then(|r| r.iter().find(|r| r["line"] == line))
