@@ -167,3 +167,105 @@ impl Templates {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::MailFieldsV1;
+
+    #[derive(Serialize)]
+    struct Ctx<'a> {
+        kind: &'a str,
+        #[serde(flatten)]
+        f: &'a MailFieldsV1,
+        link: String,
+        expires_at: String,
+    }
+
+    fn variants() -> Vec<MailFieldsV1> {
+        let base = MailFieldsV1 {
+            from_name: "Contoso Distribution".into(),
+            recipient_name: "Kim Minji".into(),
+            recipient_email: "minji.kim@fabrikam.test".into(),
+            company: "Fabrikam <Korea> & Co".into(),
+            country: "KR".into(),
+            provider_name: "Contoso Distribution Korea".into(),
+            provider_email: "ops@contoso.test".into(),
+            reseller_company: "Fabrikam Korea Ltd.".into(),
+            reseller_email: "minji.kim@fabrikam.test".into(),
+            reply_enabled: true,
+            admin_access: true,
+            in_markets: true,
+            state: "in_review".into(),
+            reason: String::new(),
+            needs_enrollment: false,
+        };
+        let mut out = vec![base.clone()];
+        for state in ["pending_verification", "approved", "active", "rejected", "expired", "undeliverable", "authorized", "declined", "revoked"] {
+            let mut v = base.clone();
+            v.state = state.into();
+            v.reason = "incomplete company details".into();
+            out.push(v);
+        }
+        let mut off = base.clone();
+        off.reply_enabled = false;
+        off.admin_access = false;
+        off.in_markets = false;
+        off.needs_enrollment = true;
+        off.recipient_name = String::new();
+        out.push(off);
+        out
+    }
+
+    #[test]
+    fn every_mail_template_renders_in_every_locale() {
+        let t = Templates::load(None).unwrap_or_else(|e| panic!("{e}"));
+        let token = "AQJrMQI-secret-token-value_0123456789";
+        for locale in LOCALES {
+            for kind in MAIL_KINDS {
+                for f in variants() {
+                    let ctx = Ctx { kind, f: &f, link: format!("http://127.0.0.1:8080/t/{token}"), expires_at: "2026-12-08 14:00 UTC".into() };
+                    let r = t.render_mail(kind, locale, &ctx).unwrap_or_else(|e| panic!("{locale} {kind}: {e}"));
+                    assert!(!r.subject.is_empty() && !r.text.trim().is_empty() && !r.html.trim().is_empty(), "{locale} {kind}");
+                    assert!(!r.subject.contains(token), "{locale} {kind}: the token is never in a subject");
+                    assert!(!r.subject.contains('\n'), "{locale} {kind}: one-line subject");
+                    assert!(!r.html.contains("<Korea>"), "{locale} {kind}: HTML is escaped");
+                    let linked = matches!(*kind, "contact_verification" | "agreement_request" | "provider_invitation" | "invitation_reminder" | "customer_invitation");
+                    if linked {
+                        assert!(r.text.contains(token) && r.html.contains(token), "{locale} {kind}: the link is in both parts");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_page_renders_in_every_locale() {
+        let t = Templates::load(None).unwrap_or_else(|e| panic!("{e}"));
+        let mut errors = serde_json::Map::new();
+        let mut values = serde_json::Map::new();
+        for f in crate::rules::FORM_FIELDS {
+            errors.insert(f.to_string(), "".into());
+            values.insert(f.to_string(), "v".into());
+        }
+        errors.insert("form".into(), "".into());
+        for locale in LOCALES {
+            for page in PAGES {
+                for flag in [true, false] {
+                    let ctx = serde_json::json!({
+                        "lang": locale, "switch_url": "/t/x?lang=en-US", "action_url": "/t/x",
+                        "provider_name": "Contoso <Korea>", "from_name": "Contoso", "company": "Fabrikam",
+                        "country": "KR", "recipient_email": "a@b.test", "reseller_company": "R",
+                        "admin_access": flag, "in_markets": flag, "markets": "KR", "expires_at": "soon",
+                        "consent_error": flag, "errors": errors, "values": values,
+                        "result": "done", "result_title": "T", "result_message": "M",
+                    });
+                    let html = t.render_page(page, locale, &ctx).unwrap_or_else(|e| panic!("{locale} {page}: {e}"));
+                    assert!(html.contains("<html"), "{locale} {page}");
+                    assert!(!html.contains("<script"), "{locale} {page}: no scripts");
+                    assert!(!html.contains("<Korea>"), "{locale} {page}: escaped");
+                }
+            }
+        }
+    }
+}
