@@ -80,6 +80,7 @@ struct RawOutbound {
     concurrency: Option<usize>,
     rate_per_second: Option<u32>,
     max_age: Option<String>,
+    ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +98,7 @@ struct RawInbound {
     idle: Option<bool>,
     poll_interval: Option<String>,
     trusted_authserv_id: Option<String>,
+    ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -150,6 +152,8 @@ pub struct SmtpConfig {
     pub tls: Tls,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// A private CA (PEM) to trust besides the public roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +172,7 @@ pub struct ImapConfig {
     pub mailbox: String,
     pub processed_mailbox: String,
     pub idle: bool,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -440,6 +445,7 @@ impl Config {
                 tls: tls("mail.outbound.tls", &o.tls, Tls::StartTls)?,
                 username: o.username.clone(),
                 password_file: o.password_file.as_deref().map(resolve),
+                ca_file: o.ca_file.as_deref().map(resolve),
             }),
             other => {
                 return Err(bad(
@@ -494,6 +500,7 @@ impl Config {
                     .clone()
                     .unwrap_or_else(|| "Processed".into()),
                 idle: i.idle.unwrap_or(true),
+                ca_file: i.ca_file.as_deref().map(resolve),
             }),
             other => {
                 return Err(bad(

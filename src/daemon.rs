@@ -147,8 +147,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                 shutdown.clone(),
             ));
         }
-        Inbound::Imap(_) => {
-            return Err(anyhow!("mail.inbound.source = \"imap\" is not available in this build yet; use \"maildir\""));
+        Inbound::Imap(imap) => {
+            tracker.spawn(crate::imap::run(app.clone(), imap.clone(), cfg.poll_interval, imap.ca_file.clone(), shutdown.clone()));
         }
     }
     {

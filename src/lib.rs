@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod imap;
 pub mod maildir;
 pub mod metrics;
 pub mod model;

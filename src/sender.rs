@@ -75,7 +75,16 @@ fn smtp_transport(
     s: &SmtpConfig,
     concurrency: usize,
 ) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
-    let tls_params = || TlsParameters::new(s.host.clone());
+    let tls_params = || -> anyhow::Result<TlsParameters> {
+        let mut b = TlsParameters::builder(s.host.clone());
+        if let Some(ca) = &s.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("mail.outbound.ca_file {}: {e}", ca.display()))?;
+            let cert = lettre::transport::smtp::client::Certificate::from_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("mail.outbound.ca_file {}: {e}", ca.display()))?;
+            b = b.add_root_certificate(cert);
+        }
+        Ok(b.build_rustls()?)
+    };
     let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
         .port(s.port)
         .timeout(Some(Duration::from_secs(30)))
