@@ -38,7 +38,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/records/{id}", get(show))
         .route("/v1/records/{id}/{op}", post(record_op))
         .route("/v1/outbox", get(outbox))
+        .route("/v1/outbox/{id}", get(outbox_one))
         .route("/v1/outbox/{id}/retry", post(outbox_retry))
+        .route("/v1/send-test-email", post(send_test_email))
         .route("/v1/inbound", get(inbound))
         .route("/v1/export", get(export))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
@@ -232,6 +234,19 @@ async fn record_op(State(st): S, h: HeaderMap, Path((id, op)): Path<(String, Str
 
 async fn outbox(State(st): S, Query(q): Query<HashMap<String, String>>) -> R {
     to_value(st.app.outbox(q.get("dead").is_some_and(|v| v == "true"))?)
+}
+
+async fn outbox_one(State(st): S, Path(id): Path<String>) -> R {
+    to_value(st.app.outbox_one(&id)?)
+}
+
+#[derive(Deserialize)]
+struct TestEmailBody {
+    to: String,
+}
+
+async fn send_test_email(State(st): S, Json(b): Json<TestEmailBody>) -> R {
+    to_value(st.app.send_test_email(&b.to, Utc::now()).await?)
 }
 
 async fn outbox_retry(State(st): S, Path(id): Path<String>) -> R {

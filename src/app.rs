@@ -1643,6 +1643,55 @@ impl App {
         self.commit().await
     }
 
+    /// `send-test-email ADDR`: a test message through the outbox and the configured transport.
+    pub async fn send_test_email(&self, to: &str, now: Timestamp) -> Result<Value> {
+        let sh = self.shared();
+        let to = Email::parse(to).map_err(|m| AppError::Invalid {
+            field: "to".into(),
+            message: m,
+        })?;
+        let id = random_ref();
+        let message_id = format!("{id}@{}", sh.cfg.reply_to.domain());
+        let item = OutboxItem {
+            id: id.clone(),
+            message_id: message_id.clone(),
+            to: to.clone(),
+            to_name: String::new(),
+            kind: MailKind::TestEmail,
+            locale: sh.cfg.default_locale.clone(),
+            record: RecordId([0; 16]),
+            fields: MailFieldsV1 {
+                from_name: sh.cfg.from_name.clone(),
+                recipient_email: to.to_string(),
+                ..Default::default()
+            },
+            link: None,
+            state: OutboxState::Queued,
+            attempts: 0,
+            last_error: None,
+            created_at: now,
+            next_attempt_at: now,
+            sent_at: None,
+        };
+        self.store.write(|txn| -> Result<()> {
+            txn.put_outbox(&item)?;
+            Ok(())
+        })?;
+        self.commit().await?;
+        Ok(json!({"id": id, "message_id": message_id, "to": to, "state": "queued"}))
+    }
+
+    pub fn outbox_one(&self, id: &str) -> Result<Value> {
+        let i = self
+            .store
+            .read()
+            .outbox_item(id)?
+            .ok_or_else(|| AppError::NotFound(format!("no outbox message {id}")))?;
+        Ok(
+            json!({"id": i.id, "message_id": i.message_id, "to": i.to, "kind": i.kind, "state": i.state, "attempts": i.attempts, "last_error": i.last_error}),
+        )
+    }
+
     /// `outbox retry ID`: a dead message goes back to the queue.
     pub async fn outbox_retry(&self, id: &str, now: Timestamp) -> Result<Value> {
         let item = self.store.write(|txn| -> Result<OutboxItem> {

@@ -483,13 +483,15 @@ fn notice(msg: &Message<'_>, subject: &str) -> Classification {
 /// Refs of the returned original: its Message-ID, or failing that any id/plus address in the text.
 fn bounce_refs(msg: &Message<'_>, reply_local: &str, refs: &mut Refs) {
     let before = refs.0.len();
+    let mut push_id =
+        |id: Option<&str>| refs.push(id.unwrap_or_default().split('@').next().unwrap_or_default());
     for part in &msg.parts {
         if let PartType::Message(original) = &part.body {
-            refs.push(original.message_id().unwrap_or_default());
+            push_id(original.message_id());
         } else if part.is_content_type("text", "rfc822-headers") {
             let text = part_text(part).unwrap_or_default();
             if let Some(original) = MessageParser::default().parse_headers(text.as_bytes()) {
-                refs.push(original.message_id().unwrap_or_default());
+                push_id(original.message_id());
             }
         }
     }

@@ -106,6 +106,8 @@ enum Command {
         #[arg(long)]
         outcome: Option<String>,
     },
+    /// Send a test email through the outbox and the configured transport, and wait for the result
+    SendTestEmail { address: String },
     /// Export every record (formula-safe CSV or JSON)
     Export {
         #[arg(long, default_value = "csv")]
@@ -381,6 +383,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             v
+        }
+        Command::SendTestEmail { address } => {
+            let v = call(
+                &sock,
+                "POST",
+                "/v1/send-test-email",
+                Some(&json!({"to": address})),
+            )
+            .await?;
+            let id = v["id"].as_str().unwrap_or_default().to_string();
+            let mut last = v.clone();
+            for _ in 0..300 {
+                last = call(&sock, "GET", &format!("/v1/outbox/{id}"), None).await?;
+                if last["state"] != "queued" || last["attempts"].as_u64().unwrap_or(0) > 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            if !j {
+                match last["state"].as_str() {
+                    Some("sent") => println!(
+                        "sent to {address} (Message-ID <{}>)",
+                        last["message_id"].as_str().unwrap_or("")
+                    ),
+                    Some(state) => println!(
+                        "{state} after {} attempt(s): {}",
+                        last["attempts"],
+                        last["last_error"].as_str().unwrap_or("")
+                    ),
+                    None => {}
+                }
+            }
+            if last["state"] == "dead" {
+                anyhow::bail!(
+                    "the test email to {address} failed: {}",
+                    last["last_error"].as_str().unwrap_or("")
+                );
+            }
+            last
         }
         Command::Export { format } => {
             let v = call(&sock, "GET", "/v1/export", None).await?;

@@ -148,7 +148,13 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             ));
         }
         Inbound::Imap(imap) => {
-            tracker.spawn(crate::imap::run(app.clone(), imap.clone(), cfg.poll_interval, imap.ca_file.clone(), shutdown.clone()));
+            tracker.spawn(crate::imap::run(
+                app.clone(),
+                imap.clone(),
+                cfg.poll_interval,
+                imap.ca_file.clone(),
+                shutdown.clone(),
+            ));
         }
     }
     {

@@ -31,7 +31,11 @@ pub enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -40,7 +44,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -68,43 +76,72 @@ pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientCo
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path).with_context(|| format!("reading CA file {}", path.display()))? {
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("reading CA file {}", path.display()))?
+        {
             roots.add(cert.with_context(|| format!("CA file {}", path.display()))?)?;
         }
     }
     // ring explicitly: with two providers compiled in, the implicit choice panics.
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Ok(Arc::new(cfg))
 }
 
-async fn tls_wrap(tcp: TcpStream, host: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<TlsStream<TcpStream>> {
-    let name = rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| anyhow!("mail.inbound.host {host:?}: {e}"))?;
-    Ok(tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?)
+async fn tls_wrap(
+    tcp: TcpStream,
+    host: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<TlsStream<TcpStream>> {
+    let name = rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| anyhow!("mail.inbound.host {host:?}: {e}"))?;
+    Ok(tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?)
 }
 
-pub async fn connect(cfg: &ImapConfig, password: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Session> {
-    let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port)).await.with_context(|| format!("connecting to {}:{}", cfg.host, cfg.port))?;
+pub async fn connect(
+    cfg: &ImapConfig,
+    password: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<Session> {
+    let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port))
+        .await
+        .with_context(|| format!("connecting to {}:{}", cfg.host, cfg.port))?;
     // Without NODELAY every command round trip waits on Nagle + delayed ACK (~40-90 ms).
     tcp.set_nodelay(true)?;
     let client = match cfg.tls {
         Tls::Tls => {
-            let mut c = async_imap::Client::new(Stream::Tls(Box::new(tls_wrap(tcp, &cfg.host, tls).await?)));
-            c.read_response().await?.ok_or_else(|| anyhow!("no IMAP greeting"))?;
+            let mut c = async_imap::Client::new(Stream::Tls(Box::new(
+                tls_wrap(tcp, &cfg.host, tls).await?,
+            )));
+            c.read_response()
+                .await?
+                .ok_or_else(|| anyhow!("no IMAP greeting"))?;
             c
         }
         Tls::None => {
             let mut c = async_imap::Client::new(Stream::Plain(tcp));
-            c.read_response().await?.ok_or_else(|| anyhow!("no IMAP greeting"))?;
+            c.read_response()
+                .await?
+                .ok_or_else(|| anyhow!("no IMAP greeting"))?;
             c
         }
         Tls::StartTls => {
             let mut c = async_imap::Client::new(Stream::Plain(tcp));
-            c.read_response().await?.ok_or_else(|| anyhow!("no IMAP greeting"))?;
-            c.run_command_and_check_ok("STARTTLS", None).await.context("STARTTLS")?;
-            let Stream::Plain(tcp) = c.into_inner() else { return Err(anyhow!("unexpected stream")) };
+            c.read_response()
+                .await?
+                .ok_or_else(|| anyhow!("no IMAP greeting"))?;
+            c.run_command_and_check_ok("STARTTLS", None)
+                .await
+                .context("STARTTLS")?;
+            let Stream::Plain(tcp) = c.into_inner() else {
+                return Err(anyhow!("unexpected stream"));
+            };
             async_imap::Client::new(Stream::Tls(Box::new(tls_wrap(tcp, &cfg.host, tls).await?)))
         }
     };
@@ -115,7 +152,10 @@ pub async fn connect(cfg: &ImapConfig, password: &str, tls: Arc<rustls::ClientCo
 }
 
 fn position_key(cfg: &ImapConfig) -> String {
-    format!("imap/{}@{}:{}/{}", cfg.username, cfg.host, cfg.port, cfg.mailbox)
+    format!(
+        "imap/{}@{}:{}/{}",
+        cfg.username, cfg.host, cfg.port, cfg.mailbox
+    )
 }
 
 /// (UIDVALIDITY, last handled UID) as kept in the store.
@@ -126,17 +166,26 @@ fn position(app: &App, key: &str) -> Option<(u32, u32)> {
 }
 
 async fn set_position(app: &App, key: &str, validity: u32, uid: u32) -> anyhow::Result<()> {
-    app.store.write(|txn| -> Result<(), crate::store::StoreError> {
-        txn.set_meta(key, &format!("{validity}:{uid}"));
-        Ok(())
-    })?;
+    app.store
+        .write(|txn| -> Result<(), crate::store::StoreError> {
+            txn.set_meta(key, &format!("{validity}:{uid}"));
+            Ok(())
+        })?;
     app.store.flush().await?;
     Ok(())
 }
 
 /// Handles every message above the last handled UID; returns how many were handled.
-pub async fn pass(app: &App, session: &mut Session, cfg: &ImapConfig, can_move: bool) -> anyhow::Result<usize> {
-    let mbox = session.select(&cfg.mailbox).await.with_context(|| format!("SELECT {}", cfg.mailbox))?;
+pub async fn pass(
+    app: &App,
+    session: &mut Session,
+    cfg: &ImapConfig,
+    can_move: bool,
+) -> anyhow::Result<usize> {
+    let mbox = session
+        .select(&cfg.mailbox)
+        .await
+        .with_context(|| format!("SELECT {}", cfg.mailbox))?;
     let validity = mbox.uid_validity.unwrap_or(0);
     let key = position_key(cfg);
     let last = match position(app, &key) {
@@ -149,12 +198,19 @@ pub async fn pass(app: &App, session: &mut Session, cfg: &ImapConfig, can_move: 
         }
         None => 0,
     };
-    let mut uids: Vec<u32> = session.uid_search(format!("UID {}:*", last.saturating_add(1))).await?.into_iter().filter(|u| *u > last).collect();
+    let mut uids: Vec<u32> = session
+        .uid_search(format!("UID {}:*", last.saturating_add(1)))
+        .await?
+        .into_iter()
+        .filter(|u| *u > last)
+        .collect();
     uids.sort_unstable();
     let mut handled = 0;
     for uid in uids {
         let raw = {
-            let mut fetches = session.uid_fetch(uid.to_string(), "(UID BODY.PEEK[])").await?;
+            let mut fetches = session
+                .uid_fetch(uid.to_string(), "(UID BODY.PEEK[])")
+                .await?;
             let mut body = None;
             while let Some(f) = fetches.next().await {
                 let f = f?;
@@ -171,11 +227,20 @@ pub async fn pass(app: &App, session: &mut Session, cfg: &ImapConfig, can_move: 
         };
         // Handled (outcome stored and flushed) first, then moved, then the position advanced: a
         // crash in between re-reads the message, which `handle_inbound` recognises.
-        app.handle_inbound(&raw, Utc::now()).await.map_err(|e| anyhow!("message UID {uid} left for the next pass: {e}"))?;
+        app.handle_inbound(&raw, Utc::now())
+            .await
+            .map_err(|e| anyhow!("message UID {uid} left for the next pass: {e}"))?;
         if can_move {
-            session.uid_mv(uid.to_string(), &cfg.processed_mailbox).await.with_context(|| format!("UID MOVE {uid}"))?;
+            session
+                .uid_mv(uid.to_string(), &cfg.processed_mailbox)
+                .await
+                .with_context(|| format!("UID MOVE {uid}"))?;
         } else {
-            session.uid_store(uid.to_string(), "+FLAGS (\\Seen \\Flagged)").await?.for_each(|_| async {}).await;
+            session
+                .uid_store(uid.to_string(), "+FLAGS (\\Seen \\Flagged)")
+                .await?
+                .for_each(|_| async {})
+                .await;
         }
         set_position(app, &key, validity, uid).await?;
         handled += 1;
@@ -183,8 +248,16 @@ pub async fn pass(app: &App, session: &mut Session, cfg: &ImapConfig, can_move: 
     Ok(handled)
 }
 
-async fn session_loop(app: &App, cfg: &ImapConfig, poll: Duration, tls: Arc<rustls::ClientConfig>, shutdown: &CancellationToken, connected: &mut bool) -> anyhow::Result<()> {
-    let password = std::fs::read_to_string(&cfg.password_file).with_context(|| format!("mail.inbound.password_file {}", cfg.password_file.display()))?;
+async fn session_loop(
+    app: &App,
+    cfg: &ImapConfig,
+    poll: Duration,
+    tls: Arc<rustls::ClientConfig>,
+    shutdown: &CancellationToken,
+    connected: &mut bool,
+) -> anyhow::Result<()> {
+    let password = std::fs::read_to_string(&cfg.password_file)
+        .with_context(|| format!("mail.inbound.password_file {}", cfg.password_file.display()))?;
     let mut session = connect(cfg, password.trim_end_matches(['\r', '\n']), tls).await?;
     *connected = true;
     let caps = session.capabilities().await?;
@@ -219,7 +292,9 @@ async fn session_loop(app: &App, cfg: &ImapConfig, poll: Duration, tls: Arc<rust
                 }
             };
             match res? {
-                IdleResponse::NewData(_) | IdleResponse::Timeout | IdleResponse::ManualInterrupt => {}
+                IdleResponse::NewData(_)
+                | IdleResponse::Timeout
+                | IdleResponse::ManualInterrupt => {}
             }
             session = idle.done().await?;
         } else {
@@ -232,7 +307,13 @@ async fn session_loop(app: &App, cfg: &ImapConfig, poll: Duration, tls: Arc<rust
     }
 }
 
-pub async fn run(app: Arc<App>, cfg: ImapConfig, poll: Duration, ca_file: Option<std::path::PathBuf>, shutdown: CancellationToken) {
+pub async fn run(
+    app: Arc<App>,
+    cfg: ImapConfig,
+    poll: Duration,
+    ca_file: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) {
     let tls = match tls_config(ca_file.as_deref()) {
         Ok(t) => t,
         Err(e) => {
@@ -245,7 +326,9 @@ pub async fn run(app: Arc<App>, cfg: ImapConfig, poll: Duration, ca_file: Option
         let mut connected = false;
         match session_loop(&app, &cfg, poll, tls.clone(), &shutdown, &mut connected).await {
             Ok(()) => break,
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "IMAP session ended; reconnecting"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "IMAP session ended; reconnecting")
+            }
         }
         if connected {
             delay = Duration::from_millis(500);

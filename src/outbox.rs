@@ -21,6 +21,7 @@ pub enum MailKind {
     InvitationReminder,
     ProviderNotice,
     CustomerInvitation,
+    TestEmail,
 }
 
 impl MailKind {
@@ -33,6 +34,7 @@ impl MailKind {
             MailKind::InvitationReminder => "invitation_reminder",
             MailKind::ProviderNotice => "provider_notice",
             MailKind::CustomerInvitation => "customer_invitation",
+            MailKind::TestEmail => "test_email",
         }
     }
 }

@@ -78,7 +78,8 @@ fn smtp_transport(
     let tls_params = || -> anyhow::Result<TlsParameters> {
         let mut b = TlsParameters::builder(s.host.clone());
         if let Some(ca) = &s.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("mail.outbound.ca_file {}: {e}", ca.display()))?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| anyhow::anyhow!("mail.outbound.ca_file {}: {e}", ca.display()))?;
             let cert = lettre::transport::smtp::client::Certificate::from_pem(&pem)
                 .map_err(|e| anyhow::anyhow!("mail.outbound.ca_file {}: {e}", ca.display()))?;
             b = b.add_root_certificate(cert);
@@ -127,7 +128,16 @@ pub fn backoff(attempts: u32) -> Duration {
 }
 
 pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: CancellationToken) {
-    let concurrency = app.shared().cfg.concurrency;
+    let (concurrency, rate) = {
+        let sh = app.shared();
+        (sh.cfg.concurrency, sh.cfg.rate_per_second)
+    };
+    // messages-per-second limit: one send may start per tick
+    let mut pacing = (rate > 0).then(|| {
+        let mut iv = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        iv
+    });
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -155,7 +165,7 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
             continue;
         }
         // In-flight sends finish even when shutdown starts; what is not sent stays queued.
-        let results = send_batch(&app, &transport, due, concurrency).await;
+        let results = send_batch(&app, &transport, due, concurrency, pacing.as_mut()).await;
         if let Err(e) = app.record_sends(results, Utc::now()).await {
             tracing::error!(error = %e, "recording send results");
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -16,6 +16,7 @@ pub const MAIL_KINDS: &[&str] = &[
     "invitation_reminder",
     "provider_notice",
     "customer_invitation",
+    "test_email",
 ];
 
 pub const PAGES: &[&str] = &[
@@ -44,6 +45,7 @@ macro_rules! all_files {
             "invitation_reminder.subject.hbs", "invitation_reminder.txt.hbs", "invitation_reminder.html.hbs",
             "provider_notice.subject.hbs", "provider_notice.txt.hbs", "provider_notice.html.hbs",
             "customer_invitation.subject.hbs", "customer_invitation.txt.hbs", "customer_invitation.html.hbs",
+            "test_email.subject.hbs", "test_email.txt.hbs", "test_email.html.hbs",
             "page_verify_contact.html.hbs", "page_accept_agreement.html.hbs", "page_authorize_provider.html.hbs",
             "page_enroll.html.hbs", "page_accept_customer.html.hbs", "page_result.html.hbs", "page_invalid.html.hbs",
         )
@@ -201,7 +203,17 @@ mod tests {
             needs_enrollment: false,
         };
         let mut out = vec![base.clone()];
-        for state in ["pending_verification", "approved", "active", "rejected", "expired", "undeliverable", "authorized", "declined", "revoked"] {
+        for state in [
+            "pending_verification",
+            "approved",
+            "active",
+            "rejected",
+            "expired",
+            "undeliverable",
+            "authorized",
+            "declined",
+            "revoked",
+        ] {
             let mut v = base.clone();
             v.state = state.into();
             v.reason = "incomplete company details".into();
@@ -224,15 +236,46 @@ mod tests {
         for locale in LOCALES {
             for kind in MAIL_KINDS {
                 for f in variants() {
-                    let ctx = Ctx { kind, f: &f, link: format!("http://127.0.0.1:8080/t/{token}"), expires_at: "2026-12-08 14:00 UTC".into() };
-                    let r = t.render_mail(kind, locale, &ctx).unwrap_or_else(|e| panic!("{locale} {kind}: {e}"));
-                    assert!(!r.subject.is_empty() && !r.text.trim().is_empty() && !r.html.trim().is_empty(), "{locale} {kind}");
-                    assert!(!r.subject.contains(token), "{locale} {kind}: the token is never in a subject");
-                    assert!(!r.subject.contains('\n'), "{locale} {kind}: one-line subject");
-                    assert!(!r.html.contains("<Korea>"), "{locale} {kind}: HTML is escaped");
-                    let linked = matches!(*kind, "contact_verification" | "agreement_request" | "provider_invitation" | "invitation_reminder" | "customer_invitation");
+                    let ctx = Ctx {
+                        kind,
+                        f: &f,
+                        link: format!("http://127.0.0.1:8080/t/{token}"),
+                        expires_at: "2026-12-08 14:00 UTC".into(),
+                    };
+                    let r = t
+                        .render_mail(kind, locale, &ctx)
+                        .unwrap_or_else(|e| panic!("{locale} {kind}: {e}"));
+                    assert!(
+                        !r.subject.is_empty()
+                            && !r.text.trim().is_empty()
+                            && !r.html.trim().is_empty(),
+                        "{locale} {kind}"
+                    );
+                    assert!(
+                        !r.subject.contains(token),
+                        "{locale} {kind}: the token is never in a subject"
+                    );
+                    assert!(
+                        !r.subject.contains('\n'),
+                        "{locale} {kind}: one-line subject"
+                    );
+                    assert!(
+                        !r.html.contains("<Korea>"),
+                        "{locale} {kind}: HTML is escaped"
+                    );
+                    let linked = matches!(
+                        *kind,
+                        "contact_verification"
+                            | "agreement_request"
+                            | "provider_invitation"
+                            | "invitation_reminder"
+                            | "customer_invitation"
+                    );
                     if linked {
-                        assert!(r.text.contains(token) && r.html.contains(token), "{locale} {kind}: the link is in both parts");
+                        assert!(
+                            r.text.contains(token) && r.html.contains(token),
+                            "{locale} {kind}: the link is in both parts"
+                        );
                     }
                 }
             }
@@ -260,7 +303,9 @@ mod tests {
                         "consent_error": flag, "errors": errors, "values": values,
                         "result": "done", "result_title": "T", "result_message": "M",
                     });
-                    let html = t.render_page(page, locale, &ctx).unwrap_or_else(|e| panic!("{locale} {page}: {e}"));
+                    let html = t
+                        .render_page(page, locale, &ctx)
+                        .unwrap_or_else(|e| panic!("{locale} {page}: {e}"));
                     assert!(html.contains("<html"), "{locale} {page}");
                     assert!(!html.contains("<script"), "{locale} {page}: no scripts");
                     assert!(!html.contains("<Korea>"), "{locale} {page}: escaped");
