@@ -178,10 +178,14 @@ async fn send_batch(
     transport: &Arc<Transport>,
     due: Vec<OutboxItem>,
     concurrency: usize,
+    mut pacing: Option<&mut tokio::time::Interval>,
 ) -> Vec<(OutboxItem, Result<(), SendError>)> {
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     for item in due {
+        if let Some(p) = pacing.as_mut() {
+            p.tick().await;
+        }
         let sh = app.shared();
         let transport = transport.clone();
         let sem = sem.clone();
