@@ -180,12 +180,24 @@ async fn setup(app: &App, purpose: &str, recipient: &str) -> RecordId {
     }
 }
 
-/// The `<ref>` of the newest linked message for a record.
+/// The `<ref>` of the message carrying the link the record now waits for.
 fn newest_ref(app: &App, id: RecordId) -> String {
+    let rec = app
+        .store
+        .read()
+        .record(&id)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("record {id}"));
     let items = app.store.read().outbox_all().unwrap_or_default();
     items
         .into_iter()
-        .filter(|i| i.record == id && i.link.is_some())
+        .filter(|i| {
+            i.record == id
+                && i.link.as_ref().is_some_and(|l| {
+                    Some(l.purpose) == rec.awaiting() && l.generation == rec.generation
+                })
+        })
         .max_by_key(|i| i.created_at)
         .map(|i| i.id)
         .unwrap_or_else(|| panic!("no linked message for {id}"))
