@@ -54,6 +54,11 @@ pub struct Inbound {
     pub classification: Classification,
 }
 
+fn unrecognised(reason: impl Into<String>) -> Classification {
+    let reason = clip(&reason.into());
+    Classification::Unrecognised { reason }
+}
+
 impl Inbound {
     fn unrecognised(reason: String) -> Inbound {
         Inbound {
@@ -63,7 +68,7 @@ impl Inbound {
             refs: Vec::new(),
             authentication_results: Vec::new(),
             auto_submitted: false,
-            classification: Classification::Unrecognised { reason },
+            classification: unrecognised(reason),
         }
     }
 }
@@ -150,16 +155,12 @@ fn classify_unguarded(raw: &[u8], reply_local: &str) -> Inbound {
         bounce_refs(&msg, reply_local, &mut refs);
         bounce
     } else if report_type == "feedback-report" || has_part(&msg, "message", "feedback-report") {
-        Classification::Unrecognised {
-            reason: "abuse feedback report (ARF)".into(),
-        }
+        unrecognised("abuse feedback report (ARF)")
     } else if headers.first("x-apple-unsubscribe").is_some()
         || subject.trim().eq_ignore_ascii_case("unsubscribe")
     {
         // Someone (or their mail client for them) wants out: a human should see that.
-        Classification::Unrecognised {
-            reason: "unsubscribe request".into(),
-        }
+        unrecognised("unsubscribe request")
     } else if let Some(reason) = header_auto
         .clone()
         .or_else(|| (report_type == "disposition-notification").then(|| "read receipt".into()))
@@ -169,29 +170,17 @@ fn classify_unguarded(raw: &[u8], reply_local: &str) -> Inbound {
             reason: clip(&reason),
         }
     } else {
-        match reply_body(&msg) {
-            None => Classification::Unrecognised {
-                reason: "no text body".into(),
-            },
-            Some(body) => match command_keyword(&body) {
-                Some(keyword) => Classification::Command { keyword },
-                None => Classification::Unrecognised {
-                    reason: match first_own_line(&body) {
-                        Some(line) => clip(&format!("first line is not a keyword: {line}")),
-                        None => "no unquoted text before the quote".into(),
-                    },
-                },
-            },
+        let body = reply_body(&msg).unwrap_or_default();
+        match (first_own_line(&body), command_keyword(&body)) {
+            (_, Some(keyword)) => Classification::Command { keyword },
+            (Some(line), None) => unrecognised(format!("first line is not a keyword: {line}")),
+            (None, None) => unrecognised("no own text (empty, or only quoted text)"),
         }
     };
 
     Inbound {
         message_id: msg.message_id().map(str::to_string),
-        from: msg
-            .from()
-            .and_then(|a| a.first())
-            .and_then(|a| a.address())
-            .map(str::to_string),
+        from: from_address(&msg).map(str::to_string),
         subject,
         refs: refs.0,
         authentication_results: headers
@@ -274,6 +263,10 @@ impl Refs {
     }
 }
 
+fn from_address<'a>(msg: &'a Message<'_>) -> Option<&'a str> {
+    msg.from()?.first()?.address()
+}
+
 fn has_part(msg: &Message<'_>, ctype: &str, subtype: &str) -> bool {
     msg.parts.iter().any(|p| p.is_content_type(ctype, subtype))
 }
@@ -287,18 +280,15 @@ fn bounce(
     subject: &str,
     report_type: &str,
 ) -> Option<Classification> {
+    let status_part = |p: &&mail_parser::MessagePart<'_>| {
+        p.is_content_type("message", "delivery-status")
+            || p.is_content_type("message", "global-delivery-status")
+    };
     let is_dsn = matches!(report_type, "delivery-status" | "global-delivery-status")
-        || has_part(msg, "message", "delivery-status")
-        || has_part(msg, "message", "global-delivery-status");
+        || msg.parts.iter().any(|p| status_part(&p));
     if is_dsn {
-        let status = msg
-            .parts
-            .iter()
-            .filter(|p| {
-                p.is_content_type("message", "delivery-status")
-                    || p.is_content_type("message", "global-delivery-status")
-            })
-            .find_map(|p| delivery_status(&part_text(p)?));
+        let mut parts = msg.parts.iter().filter(status_part);
+        let status = parts.find_map(|p| delivery_status(&part_text(p)?));
         // A report whose status part says nothing usable is judged like a plain notice.
         return Some(status.unwrap_or_else(|| notice(msg, subject)));
     }
@@ -364,12 +354,10 @@ fn delivery_status(text: &str) -> Option<Classification> {
             .or(d)
             .unwrap_or_else(|| "delivery status without detail".into()),
     };
-    let word = if failed {
-        "failed"
-    } else if delayed {
-        "delayed"
-    } else {
-        "delivered"
+    let word = match (failed, delayed) {
+        (true, _) => "failed",
+        (false, true) => "delayed",
+        (false, false) => "delivered",
     };
     Some(Classification::Bounce {
         permanent: failed,
@@ -400,12 +388,12 @@ fn is_failure_notice(msg: &Message<'_>, headers: &Headers, subject: &str) -> boo
         .first("from")
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let local = msg
-        .from()
-        .and_then(|a| a.first())
-        .and_then(|a| a.address())
-        .map(|a| a.split('@').next().unwrap_or_default().to_ascii_lowercase())
-        .unwrap_or_default();
+    let address = from_address(msg).unwrap_or_default();
+    let local = address
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let daemon = matches!(
         local.as_str(),
         "mailer-daemon" | "mailer_daemon" | "mailerdaemon"
@@ -430,28 +418,13 @@ fn is_failure_notice(msg: &Message<'_>, headers: &Headers, subject: &str) -> boo
         || (null_sender && (failure_subject || returned_part))
 }
 
+#[rustfmt::skip]
 const FAILURE_SUBJECTS: &[&str] = &[
-    "undeliver",
-    "undelivered",
-    "delivery status notification",
-    "delivery failure",
-    "delivery failed",
-    "delivery has failed",
-    "failure notice",
-    "returned mail",
-    "returned to sender",
-    "could not be delivered",
-    "not delivered",
-    "non-deliverable",
-    "nondeliverable",
-    "non remis",
-    "unzustellbar",
-    "delivery notification",
-    "delayed mail",
-    "delivery delayed",
-    "mail system error",
-    "delivery problem",
-    "could not send message",
+    "undeliver", "delivery status notification", "delivery failure", "delivery failed",
+    "delivery has failed", "failure notice", "returned mail", "returned to sender",
+    "could not be delivered", "not delivered", "non-deliverable", "nondeliverable", "non remis",
+    "unzustellbar", "delivery notification", "delayed mail", "delivery delayed",
+    "mail system error", "delivery problem", "could not send message",
 ];
 
 /// A failure notice without a usable DSN part: permanent unless its subject says "delayed".
@@ -559,33 +532,19 @@ fn auto_header_reason(headers: &Headers) -> Option<String> {
         .then(|| format!("Precedence: {precedence}"))
 }
 
+#[rustfmt::skip]
+const AUTO_SUBJECTS: &[&str] = &[
+    "out of office", "out of the office", "automatic reply", "auto reply", "auto-reply",
+    "autoreply", "auto response", "auto-response", "autoresponse", "automatic response",
+    "vacation", "on holiday", "on leave", "away from the office", "abwesenheit",
+    "réponse automatique", "respuesta automática", "자동 응답", "자동응답", "부재중", "부재 중", "휴가",
+];
+
 fn auto_subject(subject: &str) -> bool {
-    const PHRASES: &[&str] = &[
-        "out of office",
-        "out of the office",
-        "automatic reply",
-        "auto reply",
-        "auto-reply",
-        "autoreply",
-        "auto response",
-        "auto-response",
-        "autoresponse",
-        "automatic response",
-        "vacation",
-        "on holiday",
-        "on leave",
-        "away from the office",
-        "abwesenheit",
-        "réponse automatique",
-        "respuesta automática",
-        "자동 응답",
-        "자동응답",
-        "부재중",
-        "부재 중",
-        "휴가",
-    ];
     let s = subject.trim().to_lowercase();
-    s.starts_with("auto:") || s.starts_with("autosvar") || PHRASES.iter().any(|p| s.contains(p))
+    s.starts_with("auto:")
+        || s.starts_with("autosvar")
+        || AUTO_SUBJECTS.iter().any(|p| s.contains(p))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -631,17 +590,15 @@ fn clean_line(line: &str) -> &str {
 fn is_separator(line: &str, next: &str) -> bool {
     let lower = line.to_lowercase();
     let attribution = |l: &str| {
-        [
+        let ends = [
             "wrote:",
             "a écrit :",
             "a écrit:",
             "schrieb:",
             "escribió:",
             "작성:",
-        ]
-        .iter()
-        .any(|e| l.ends_with(e))
-            || l.contains("님이 작성")
+        ];
+        ends.iter().any(|e| l.ends_with(e)) || l.contains("님이 작성")
     };
     line == "--"
         || line.starts_with("-----")
@@ -674,7 +631,7 @@ fn line_keyword(line: &str) -> Option<Keyword> {
             }
             // "No problem" / "No worries" usually mean yes: leave them for a human.
             "no" if starts_with_any(
-                rest.trim_start_matches([' ', ',']),
+                &rest.trim_start_matches([' ', ',']).to_ascii_lowercase(),
                 &["problem", "worries"],
             ) =>
             {
@@ -794,43 +751,43 @@ fn html_to_text(html: &str) -> String {
 
 fn decode_entities(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(amp) = rest.find('&') {
-        out.push_str(&rest[..amp]);
-        rest = &rest[amp..];
-        let entity = rest
-            .get(1..)
-            .and_then(|r| r.find(';'))
-            .filter(|&n| n <= 10)
-            .map(|n| &rest[1..n + 1]);
-        let decoded = entity.and_then(|e| match e {
-            "nbsp" => Some('\u{a0}'),
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            _ => {
-                let num = e.strip_prefix('#')?;
-                let code = match num.strip_prefix(['x', 'X']) {
-                    Some(hex) => u32::from_str_radix(hex, 16).ok()?,
-                    None => num.parse().ok()?,
+    let mut parts = text.split('&');
+    out.push_str(parts.next().unwrap_or_default());
+    for part in parts {
+        // `part` follows an '&': decode "name;" at its start, or keep the '&' literally.
+        let decoded = part
+            .split_once(';')
+            .filter(|(e, _)| e.len() <= 10)
+            .and_then(|(e, rest)| {
+                let c = match e {
+                    "nbsp" => '\u{a0}',
+                    "amp" => '&',
+                    "lt" => '<',
+                    "gt" => '>',
+                    "quot" => '"',
+                    "apos" => '\'',
+                    _ => {
+                        let num = e.strip_prefix('#')?;
+                        let code = match num.strip_prefix(['x', 'X']) {
+                            Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                            None => num.parse().ok()?,
+                        };
+                        char::from_u32(code)?
+                    }
                 };
-                char::from_u32(code)
-            }
-        });
-        match (entity, decoded) {
-            (Some(e), Some(c)) => {
+                Some((c, rest))
+            });
+        match decoded {
+            Some((c, rest)) => {
                 out.push(c);
-                rest = &rest[e.len() + 2..];
+                out.push_str(rest);
             }
-            _ => {
+            None => {
                 out.push('&');
-                rest = &rest[1..];
+                out.push_str(part);
             }
         }
     }
-    out.push_str(rest);
     out
 }
 
@@ -858,5 +815,190 @@ fn clip(text: &str) -> String {
     match text.char_indices().nth(MAX_DETAIL_CHARS) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyword_lines() {
+        let (yes, no) = (Some(Keyword::Yes), Some(Keyword::No));
+        let cases: &[(&str, Option<Keyword>)] = &[
+            ("YES", yes),
+            ("yes", yes),
+            ("Yes, please.", yes),
+            ("Confirm.", yes),
+            ("ACCEPT - thanks", yes),
+            ("Authorise", yes),
+            ("Approve\r\n\r\nDaniel", yes),
+            ("*Yes*", yes),
+            ("No thanks", no),
+            ("DECLINE", no),
+            ("No Problem, go ahead", None),
+            ("Yesterday I sent it", None),
+            ("Nobody here", None),
+            ("Approved", None),
+            ("Can you call me? Yes or no?", None),
+            ("네, 동의합니다", yes),
+            ("네", yes),
+            ("예.", yes),
+            ("확인했습니다", yes),
+            ("동의합니다.", yes),
+            ("승인합니다", yes),
+            ("아니요, 괜찮습니다", no),
+            ("아니오", no),
+            ("거절합니다", no),
+            ("네트워크 문제로 늦었습니다", None),
+            ("예정대로 진행해 주세요", None),
+            ("확인 부탁드립니다", None),
+            ("동의하지 않습니다", None),
+            ("\u{feff}Yes", yes),
+            ("\u{a0}\n \t\n\u{200b}\nYes", yes),
+            ("\n> YES\n> Reply YES to confirm\n", None),
+            ("> quoted\n\nNo.", no),
+            ("-- \nMinji Kim\n\nYES", None),
+            (
+                "On Tue, Nov 24, 2026 at 2:05 PM Contoso <\npartners@invited.test> wrote:\n> YES",
+                None,
+            ),
+            (
+                "2026년 11월 24일 (화) 오후 2:05, Contoso <p@invited.test>님이 작성:\n> 네",
+                None,
+            ),
+            ("-----Original Message-----\nYES", None),
+            ("________________________________\nFrom: Contoso\nYES", None),
+            (
+                "From: Contoso <partners@invited.test>\nSent: today\n\nYES",
+                None,
+            ),
+            ("보낸 사람: Contoso\nYES", None),
+            ("Yes\n-- \nsig", yes),
+            ("", None),
+        ];
+        for (body, want) in cases {
+            assert_eq!(command_keyword(body), *want, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn dmarc_from_trusted_topmost_only() {
+        let ar = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let ours = "mx.invited.test";
+        let pass =
+            "mx.invited.test; dkim=pass header.d=f.test; dmarc=pass (p=none) header.from=f.test";
+        let fail = "mx.invited.test; dkim=none; dmarc=fail (p=none) header.from=f.test";
+        assert!(dmarc_pass(&ar(&[pass]), ours));
+        assert!(dmarc_pass(
+            &ar(&["MX.Invited.Test 1; DMARC=PASS header.from=f.test"]),
+            ours
+        ));
+        assert!(dmarc_pass(&ar(&["mx.other.test; dmarc=fail", pass]), ours));
+        assert!(!dmarc_pass(&ar(&[fail, pass]), ours));
+        assert!(!dmarc_pass(&ar(&["mx.other.test; dmarc=pass"]), ours));
+        assert!(!dmarc_pass(
+            &ar(&["mx.invited.test; spf=pass (dmarc=pass) smtp.mailfrom=x"]),
+            ours
+        ));
+        assert!(!dmarc_pass(&ar(&["mx.invited.test; dmarc=passed"]), ours));
+        assert!(!dmarc_pass(
+            &ar(&["mx.invited.test.evil.test; dmarc=pass"]),
+            ours
+        ));
+        assert!(!dmarc_pass(&[], ours));
+    }
+
+    #[test]
+    fn refs_are_base32_and_plus_addresses_need_a_boundary() {
+        let mut refs = Refs::default();
+        refs.push("ABCDEFGHIJKLMNOPQRSTUVWXYZ"); // kept, lowercased
+        refs.push("abcdefghijklmnopqrstuvwxyz"); // duplicate
+        refs.push("abcdefghijklmnopqrstuvwxy0"); // 0 is not base32
+        refs.push("abcdefghijklmnopqrstuvwxy"); // 25 chars
+        let to = "x-replies+aaaaaaaaaaaaaaaaaaaaaaaaaa@i.test, <Replies+BBBBBBBBBBBBBBBBBBBBBB2345@i.test>";
+        refs.plus_addresses(to, "replies");
+        assert_eq!(
+            refs.0,
+            ["abcdefghijklmnopqrstuvwxyz", "bbbbbbbbbbbbbbbbbbbbbb2345"]
+        );
+    }
+
+    #[test]
+    fn html_quotes_blockquotes_and_decodes_entities() {
+        let text = html_to_text(
+            "<html><head><style>p{}</style></head><body><div>Yes&nbsp;&amp; thanks&#33;</div>\
+             <blockquote>Reply<br>YES</blockquote><hr><p>From: x</p><!-- c --></body></html>",
+        );
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let want = [
+            "Yes & thanks!",
+            "> Reply",
+            "> YES",
+            "________________________________",
+            "From: x",
+        ];
+        assert_eq!(lines, want);
+        let quoted_only = html_to_text("<p>&gt; No</p><blockquote>YES</blockquote>");
+        assert_eq!(command_keyword(&quoted_only), None);
+    }
+
+    fn msg(headers: &str, body: &str) -> Inbound {
+        classify(format!("{headers}\n\n{body}").as_bytes(), "replies")
+    }
+
+    #[test]
+    fn whole_messages() {
+        let unrecognised =
+            |i: Inbound| matches!(i.classification, Classification::Unrecognised { .. });
+        assert!(unrecognised(classify(
+            &vec![b'a'; MAX_MESSAGE_BYTES + 1],
+            "replies"
+        )));
+        assert!(unrecognised(classify(b"", "replies")));
+
+        let (r1, r2) = ("aaaaaaaaaaaaaaaaaaaaaaaaa2", "bbbbbbbbbbbbbbbbbbbbbbbbb3");
+        let reply = msg(
+            &format!(
+                "From: A <a@f.test>\nTo: replies+{r1}@invited.test\nIn-Reply-To: <{r2}@invited.test>\n\
+                 References: <x@y> <{r1}@invited.test>\nX-Auto-Response-Suppress: All\n\
+                 Subject: Re: hi\nMessage-ID: <m1@f.test>"
+            ),
+            "Yes\n",
+        );
+        assert_eq!(
+            reply.classification,
+            Classification::Command {
+                keyword: Keyword::Yes
+            }
+        );
+        assert_eq!(reply.refs, [r1, r2]);
+        assert_eq!(reply.message_id.as_deref(), Some("m1@f.test"));
+        assert_eq!(reply.from.as_deref(), Some("a@f.test"));
+        assert!(!reply.auto_submitted);
+
+        let ooo = msg(
+            "From: a@f.test\nSubject: Out of Office: hi\nAuto-Submitted: no",
+            "Yes",
+        );
+        assert!(matches!(
+            ooo.classification,
+            Classification::AutoReply { .. }
+        ));
+        assert!(ooo.auto_submitted);
+
+        let dsn = msg(
+            "From: MAILER-DAEMON@f.test\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=b",
+            "--b\nContent-Type: text/plain\n\nlate\n--b\nContent-Type: message/delivery-status\n\n\
+             Reporting-MTA: dns; f.test\n\nAction: delayed\nStatus: 4.4.1\n--b--\n",
+        );
+        assert!(matches!(
+            dsn.classification,
+            Classification::Bounce {
+                permanent: false,
+                ..
+            }
+        ));
     }
 }

@@ -90,91 +90,69 @@ fn enrollment_fields(email: &str) -> EnrollFields {
     }
 }
 
+/// An enrollment for `email`, moved through its states up to `until` (a state name).
+async fn enrollment(app: &App, email: &str, until: &str) -> RecordId {
+    let (now, ch) = (Utc::now(), invited::model::Channel::Cli);
+    let e = app
+        .enroll(enrollment_fields(email), ch, now)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let steps = ["in_review", "approved", "active"];
+    for step in steps
+        .iter()
+        .take(steps.iter().position(|s| *s == until).map_or(0, |i| i + 1))
+    {
+        match *step {
+            "in_review" => act(app, e.id, Purpose::VerifyContact, "confirm").await,
+            "approved" => {
+                app.review(&e.id.to_string(), true, "", ch, now)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            _ => act(app, e.id, Purpose::AcceptAgreement, "accept").await,
+        }
+    }
+    e.id
+}
+
+async fn invitation(app: &App, email: &str) -> RecordId {
+    let row = invited::rules::InviteRow {
+        email: email.into(),
+        company: "Fabrikam".into(),
+        country: "KR".into(),
+        ..Default::default()
+    };
+    app.invite("contoso-kr", row, invited::model::Channel::Cli, Utc::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .id
+}
+
 /// Puts a record for `recipient` into the state that waits for `purpose`; returns its id.
 async fn setup(app: &App, purpose: &str, recipient: &str) -> RecordId {
-    let now = Utc::now();
-    let ch = invited::model::Channel::Cli;
-    let active_enrollment = || async {
-        let e = app
-            .enroll(enrollment_fields(recipient), ch, now)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        act(app, e.id, Purpose::VerifyContact, "confirm").await;
-        app.review(&e.id.to_string(), true, "", ch, now)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        act(app, e.id, Purpose::AcceptAgreement, "accept").await;
-        e.id
-    };
     match purpose {
-        "verify_contact" => {
-            app.enroll(enrollment_fields(recipient), ch, now)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-                .id
-        }
-        "accept_agreement" => {
-            let e = app
-                .enroll(enrollment_fields(recipient), ch, now)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            act(app, e.id, Purpose::VerifyContact, "confirm").await;
-            app.review(&e.id.to_string(), true, "", ch, now)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            e.id
-        }
+        "verify_contact" => enrollment(app, recipient, "pending_verification").await,
+        "accept_agreement" => enrollment(app, recipient, "approved").await,
         "authorize_provider" => {
-            active_enrollment().await;
-            let row = invited::rules::InviteRow {
-                email: recipient.into(),
-                company: "Fabrikam".into(),
-                country: "KR".into(),
-                ..Default::default()
-            };
-            app.invite("contoso-kr", row, ch, now)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-                .id
+            enrollment(app, recipient, "active").await;
+            invitation(app, recipient).await
         }
         "accept_customer" => {
             let reseller = "reseller@fabrikam.test";
-            let save = recipient.to_string();
-            let e = app
-                .enroll(enrollment_fields(reseller), ch, now)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            act(app, e.id, Purpose::VerifyContact, "confirm").await;
-            app.review(&e.id.to_string(), true, "", ch, now)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            act(app, e.id, Purpose::AcceptAgreement, "accept").await;
-            let row = invited::rules::InviteRow {
-                email: reseller.into(),
-                company: "Fabrikam".into(),
-                country: "KR".into(),
-                ..Default::default()
+            enrollment(app, reseller, "active").await;
+            let auth = invitation(app, reseller).await;
+            act(app, auth, Purpose::AuthorizeProvider, "authorize").await;
+            let req = invited::app::CustomerRequest {
+                provider: "contoso-kr".into(),
+                reseller_email: reseller.into(),
+                email: recipient.into(),
+                company: "Adatum".into(),
+                locale: None,
             };
-            let auth = app
-                .invite("contoso-kr", row, ch, now)
+            app.invite_customer(&req, invited::model::Channel::Cli, Utc::now())
                 .await
                 .unwrap_or_else(|e| panic!("{e}"))
-                .id;
-            act(app, auth, Purpose::AuthorizeProvider, "authorize").await;
-            app.invite_customer(
-                &invited::app::CustomerRequest {
-                    provider: "contoso-kr".into(),
-                    reseller_email: reseller.into(),
-                    email: save.clone(),
-                    company: "Adatum".into(),
-                    locale: None,
-                },
-                ch,
-                now,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .id
+                .id
         }
         other => panic!("unknown record kind {other}"),
     }

@@ -330,22 +330,7 @@ fn whole_loop_csv_to_customer() {
 #[test]
 fn decline_notifies_the_provider() {
     let d = Daemon::start(Options::default());
-    let r = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        "lee@tailspin.test",
-        "--company",
-        "Tailspin",
-        "--country",
-        "KR",
-    ]);
-    let id = r["id"].as_str().unwrap_or_default().to_string();
-    let m = d
-        .wait_mails("lee@tailspin.test", "", 1)
-        .pop()
-        .unwrap_or_else(|| panic!("mail"));
+    let (id, m) = d.invite_one("lee@tailspin.test", "Tailspin");
     let res = d.post(&m.link_path(), &[("action", "decline")]);
     assert_eq!(res.status, 200);
     assert_eq!(d.state(&id), "declined");
@@ -374,22 +359,7 @@ fn expiry_with_a_reminder_first() {
         reminder_after: "1s",
         ..Options::default()
     });
-    let r = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        "kim@wingtip.test",
-        "--company",
-        "Wingtip",
-        "--country",
-        "KR",
-    ]);
-    let id = r["id"].as_str().unwrap_or_default().to_string();
-    let first = d
-        .wait_mails("kim@wingtip.test", "", 1)
-        .pop()
-        .unwrap_or_else(|| panic!("mail"));
+    let (id, first) = d.invite_one("kim@wingtip.test", "Wingtip");
     let mails = d.wait_mails("kim@wingtip.test", "", 2);
     assert_eq!(
         mails[1].link_path(),

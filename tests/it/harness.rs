@@ -217,6 +217,27 @@ impl Daemon {
         })
     }
 
+    /// Invites one reseller for contoso-kr and waits for its email; returns (record id, mail).
+    pub fn invite_one(&self, email: &str, company: &str) -> (String, Mail) {
+        let r = self.json(&[
+            "invite",
+            "--provider",
+            "contoso-kr",
+            "--email",
+            email,
+            "--company",
+            company,
+            "--country",
+            "KR",
+        ]);
+        let id = r["id"].as_str().unwrap_or_default().to_string();
+        let m = self
+            .wait_mails(email, "", 1)
+            .pop()
+            .unwrap_or_else(|| panic!("no mail to {email}"));
+        (id, m)
+    }
+
     pub fn state(&self, id: &str) -> String {
         self.json(&["show", id])["state"]
             .as_str()

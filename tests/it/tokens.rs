@@ -14,22 +14,7 @@ fn keys_of(d: &Daemon) -> Keys {
 #[test]
 fn every_bad_link_gets_the_same_page_and_changes_nothing() {
     let d = Daemon::start(Options::default());
-    let r = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        "han@proseware.test",
-        "--company",
-        "Proseware",
-        "--country",
-        "KR",
-    ]);
-    let id = r["id"].as_str().unwrap_or_default().to_string();
-    let m = d
-        .wait_mails("han@proseware.test", "", 1)
-        .pop()
-        .unwrap_or_else(|| panic!("mail"));
+    let (id, m) = d.invite_one("han@proseware.test", "Proseware");
     let good = m.link_path();
     let generic = d.get("/t/not-a-token");
     assert_eq!(generic.status, 404);
