@@ -2,7 +2,8 @@
 //! Authentication-Results and whether it is a bounce, an automatic reply, a keyword command or
 //! something for a human. Pure: no I/O, no store, no clock; the daemon decides what to do with it.
 
-use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::decoders::html::add_html_token;
+use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
 
 /// Larger messages are not parsed at all (no reply or bounce we care about is this big).
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
@@ -54,59 +55,56 @@ pub struct Inbound {
     pub classification: Classification,
 }
 
-fn unrecognised(reason: impl Into<String>) -> Classification {
-    let reason = clip(&reason.into());
-    Classification::Unrecognised { reason }
-}
-
-impl Inbound {
-    fn unrecognised(reason: String) -> Inbound {
-        Inbound {
-            message_id: None,
-            from: None,
-            subject: String::new(),
-            refs: Vec::new(),
-            authentication_results: Vec::new(),
-            auto_submitted: false,
-            classification: unrecognised(reason),
-        }
-    }
-}
-
 /// Never panics (mail-parser runs under `catch_unwind`); input over [`MAX_MESSAGE_BYTES`] or
 /// unparsable → `Unrecognised` with a reason.
 pub fn classify(raw: &[u8], reply_local: &str) -> Inbound {
+    let unparsed = |reason: String| Inbound {
+        message_id: None,
+        from: None,
+        subject: String::new(),
+        refs: Vec::new(),
+        authentication_results: Vec::new(),
+        auto_submitted: false,
+        classification: unrecognised(reason),
+    };
     if raw.len() > MAX_MESSAGE_BYTES {
-        return Inbound::unrecognised(format!(
-            "message too large ({} bytes, limit {MAX_MESSAGE_BYTES})",
+        let limit = MAX_MESSAGE_BYTES;
+        return unparsed(format!(
+            "message too large ({} bytes, limit {limit})",
             raw.len()
         ));
     }
-    std::panic::catch_unwind(|| classify_unguarded(raw, reply_local)).unwrap_or_else(|_| {
-        Inbound::unrecognised("message could not be parsed (parser panicked)".into())
-    })
+    match std::panic::catch_unwind(|| classify_unguarded(raw, reply_local)) {
+        Ok(Some(inbound)) => inbound,
+        Ok(None) => unparsed("unparsable: no message headers found".into()),
+        Err(_) => unparsed("unparsable: the mail parser panicked".into()),
+    }
 }
 
 /// RFC 8601: the topmost Authentication-Results whose authserv-id is `trusted_authserv_id`
 /// decides; true only if it carries `dmarc=pass`. Headers from anyone else are ignored, since
-/// anyone upstream of our MX can add them.
+/// any hop before our MX can add them.
 pub fn dmarc_pass(authentication_results: &[String], trusted_authserv_id: &str) -> bool {
-    for value in authentication_results {
-        let value = strip_comments(value);
-        let mut parts = value.split(';');
-        let authserv = parts.next().and_then(|p| p.split_whitespace().next());
-        if !authserv.is_some_and(|id| id.eq_ignore_ascii_case(trusted_authserv_id)) {
-            continue;
-        }
-        return parts.any(|resinfo| {
+    let trusted = authentication_results
+        .iter()
+        .map(|v| strip_comments(v))
+        .find(|v| {
+            // The authserv-id may be followed by a version number ("mx.invited.test 1;").
+            let id = v
+                .split(';')
+                .next()
+                .and_then(|p| p.split_whitespace().next());
+            id.is_some_and(|id| id.eq_ignore_ascii_case(trusted_authserv_id))
+        });
+    trusted.is_some_and(|v| {
+        v.split(';').skip(1).any(|resinfo| {
             let method_result = resinfo.split_whitespace().next().unwrap_or_default();
             let (method, result) = method_result.split_once('=').unwrap_or_default();
-            // A method may carry a version ("dmarc/1").
+            // A method may carry a version too ("dmarc/1").
             let method = method.split('/').next().unwrap_or_default();
             method.eq_ignore_ascii_case("dmarc") && result.eq_ignore_ascii_case("pass")
-        });
-    }
-    false
+        })
+    })
 }
 
 /// The first unquoted, non-empty line of a reply body and the keyword it starts with, if any.
@@ -114,42 +112,44 @@ pub fn command_keyword(body_text: &str) -> Option<Keyword> {
     first_own_line(body_text).and_then(line_keyword)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Whole-message classification
+fn unrecognised(reason: impl Into<String>) -> Classification {
+    Classification::Unrecognised {
+        reason: clip(&reason.into()),
+    }
+}
 
-fn classify_unguarded(raw: &[u8], reply_local: &str) -> Inbound {
+// ---------------------------------------------------------------------------------------------
+// Whole message
+
+fn classify_unguarded(raw: &[u8], reply_local: &str) -> Option<Inbound> {
     let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
-    let Some(msg) = MessageParser::default().parse(raw) else {
-        return Inbound::unrecognised("unparsable: no message headers found".into());
-    };
+    let msg = MessageParser::default().parse(raw)?;
     let headers = Headers::of(&msg);
     if headers.0.is_empty() {
-        return Inbound::unrecognised("unparsable: no message headers found".into());
+        return None;
     }
     let subject = msg.subject().unwrap_or_default().to_string();
     let header_auto = auto_header_reason(&headers);
 
     let mut refs = Refs::default();
     for name in ["to", "cc", "delivered-to", "x-original-to", "envelope-to"] {
-        for value in headers.all(name) {
-            refs.plus_addresses(value, reply_local);
-        }
+        headers
+            .all(name)
+            .for_each(|value| refs.plus_addresses(value, reply_local));
     }
     for value in headers.all("in-reply-to").chain(headers.all("references")) {
         let ids = value.split(|c: char| c == '<' || c == '>' || c == ',' || c.is_whitespace());
-        for id in ids {
-            if let Some((local, _)) = id.split_once('@') {
-                refs.push(local);
-            }
-        }
+        ids.filter_map(|id| id.split_once('@'))
+            .for_each(|(local, _)| refs.push(local));
     }
 
-    let report_type = msg
+    let content_type = msg
         .content_type()
-        .filter(|ct| ct.ctype().eq_ignore_ascii_case("multipart"))
+        .filter(|ct| ct.ctype().eq_ignore_ascii_case("multipart"));
+    let report_type = content_type
         .and_then(|ct| ct.attribute("report-type"))
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+        .unwrap_or_default();
+    let report_type = report_type.to_ascii_lowercase();
 
     let classification = if let Some(bounce) = bounce(&msg, &headers, &subject, &report_type) {
         bounce_refs(&msg, reply_local, &mut refs);
@@ -178,31 +178,31 @@ fn classify_unguarded(raw: &[u8], reply_local: &str) -> Inbound {
         }
     };
 
-    Inbound {
+    Some(Inbound {
         message_id: msg.message_id().map(str::to_string),
         from: from_address(&msg).map(str::to_string),
         subject,
         refs: refs.0,
         authentication_results: headers
             .all("authentication-results")
-            .map(str::to_string)
+            .map(String::from)
             .collect(),
         auto_submitted: header_auto.is_some()
             || matches!(classification, Classification::AutoReply { .. }),
         classification,
-    }
+    })
 }
 
-/// Top-level headers as (lowercased name, unfolded raw value), in message order. Raw values
-/// because mail-parser normalises some headers in ways we do not want (e.g. plus addresses in
-/// Delivered-To are plain text to it, Authentication-Results must stay verbatim).
+/// Top-level headers as (lowercased name, unfolded raw value), in message order. Raw, because
+/// mail-parser reshapes some values (Authentication-Results must stay verbatim).
 struct Headers(Vec<(String, String)>);
 
 impl Headers {
     fn of(msg: &Message<'_>) -> Headers {
-        let raw = msg.raw_message.as_ref();
         let headers = msg.headers().iter().filter_map(|h| {
-            let bytes = raw.get(h.offset_start as usize..h.offset_end as usize)?;
+            let bytes = msg
+                .raw_message
+                .get(h.offset_start as usize..h.offset_end as usize)?;
             let value = String::from_utf8_lossy(bytes);
             let unfolded = value.lines().map(str::trim).collect::<Vec<_>>().join(" ");
             Some((
@@ -212,12 +212,14 @@ impl Headers {
         });
         Headers(headers.collect())
     }
+
     fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
             .iter()
             .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+
     fn first<'a>(&'a self, name: &'a str) -> Option<&'a str> {
         self.all(name).next()
     }
@@ -230,11 +232,8 @@ struct Refs(Vec<String>);
 impl Refs {
     fn push(&mut self, candidate: &str) {
         let candidate = candidate.trim().to_ascii_lowercase();
-        let is_ref = candidate.len() == 26
-            && candidate
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
-        if is_ref && !self.0.contains(&candidate) {
+        let base32 = |b: u8| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b);
+        if candidate.len() == 26 && candidate.bytes().all(base32) && !self.0.contains(&candidate) {
             self.0.push(candidate);
         }
     }
@@ -249,15 +248,12 @@ impl Refs {
         let needle = format!("{}+", reply_local.to_ascii_lowercase());
         let mut from = 0;
         while let Some(pos) = lower.get(from..).and_then(|t| t.find(&needle)) {
-            let start = from + pos;
-            from = start + needle.len();
-            let boundary = lower[..start]
-                .chars()
-                .next_back()
-                .is_none_or(|c| !(c.is_ascii_alphanumeric() || "._-+".contains(c)));
-            let tail = &lower[from..];
-            if let (true, Some(at)) = (boundary, tail.find('@')) {
-                self.push(&tail[..at]);
+            let before = lower[..from + pos].chars().next_back();
+            from += pos + needle.len();
+            let boundary =
+                before.is_none_or(|c| !(c.is_ascii_alphanumeric() || "._-+".contains(c)));
+            if let (true, Some(at)) = (boundary, lower[from..].find('@')) {
+                self.push(&lower[from..from + at]);
             }
         }
     }
@@ -271,97 +267,86 @@ fn has_part(msg: &Message<'_>, ctype: &str, subtype: &str) -> bool {
     msg.parts.iter().any(|p| p.is_content_type(ctype, subtype))
 }
 
+/// Text of a leaf part; mail-parser gives non-text parts (message/delivery-status) as bytes.
+fn part_text(part: &MessagePart<'_>) -> Option<String> {
+    match &part.body {
+        PartType::Text(t) | PartType::Html(t) => Some(t.to_string()),
+        PartType::Binary(b) | PartType::InlineBinary(b) => Some(String::from_utf8_lossy(b).into()),
+        _ => None,
+    }
+}
+
+/// All text parts of the message itself (not of attached messages), joined.
+fn body_texts(msg: &Message<'_>) -> String {
+    let texts = msg.parts.iter().filter_map(|p| match &p.body {
+        PartType::Text(t) => Some(t.to_string()),
+        PartType::Html(h) => Some(html_to_text(h)),
+        _ => None,
+    });
+    texts.collect::<Vec<_>>().join("\n")
+}
+
+fn clip(text: &str) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(MAX_DETAIL_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bounces
 
-fn bounce(
-    msg: &Message<'_>,
-    headers: &Headers,
-    subject: &str,
-    report_type: &str,
-) -> Option<Classification> {
-    let status_part = |p: &&mail_parser::MessagePart<'_>| {
+fn bounce(msg: &Message<'_>, h: &Headers, subject: &str, report: &str) -> Option<Classification> {
+    let status_part = |p: &&MessagePart<'_>| {
         p.is_content_type("message", "delivery-status")
             || p.is_content_type("message", "global-delivery-status")
     };
-    let is_dsn = matches!(report_type, "delivery-status" | "global-delivery-status")
-        || msg.parts.iter().any(|p| status_part(&p));
-    if is_dsn {
+    if matches!(report, "delivery-status" | "global-delivery-status")
+        || msg.parts.iter().any(|p| status_part(&p))
+    {
         let mut parts = msg.parts.iter().filter(status_part);
         let status = parts.find_map(|p| delivery_status(&part_text(p)?));
         // A report whose status part says nothing usable is judged like a plain notice.
         return Some(status.unwrap_or_else(|| notice(msg, subject)));
     }
-    if is_failure_notice(msg, headers, subject) {
-        return Some(notice(msg, subject));
-    }
-    ses_notification(msg)
-}
-
-/// Amazon SES feedback relayed by SNS as a JSON mail body (no DSN, not from a mailer daemon).
-/// "Delivery" notices are reported as non-permanent bounces: they change nothing either.
-fn ses_notification(msg: &Message<'_>) -> Option<Classification> {
-    let body = reply_body(msg)?;
-    if !body.trim_start().starts_with('{') {
-        return None;
-    }
-    let json: String = body.chars().filter(|c| !c.is_whitespace()).collect();
-    let (permanent, what) = if json.contains(r#""notificationType":"Bounce""#) {
-        (json.contains(r#""bounceType":"Permanent""#), "bounce")
-    } else if json.contains(r#""notificationType":"Delivery""#) {
-        (false, "delivery")
-    } else {
-        return None;
-    };
-    let diagnostic = format!("Amazon SES {what} notification");
-    Some(Classification::Bounce {
-        permanent,
-        diagnostic,
-    })
+    is_failure_notice(msg, h, subject).then(|| notice(msg, subject))
 }
 
 /// Reads the per-recipient fields of a message/delivery-status part (RFC 3464).
 fn delivery_status(text: &str) -> Option<Classification> {
-    let (mut failed, mut delayed, mut seen) = (false, false, false);
-    let (mut first_status, mut diagnostic) = (None::<String>, None::<String>);
-    for (name, value) in unfolded_fields(text) {
-        let value = value.trim();
-        let lower = value.to_ascii_lowercase();
-        match name.to_ascii_lowercase().as_str() {
-            "action" => {
-                seen = true;
-                failed |= lower.starts_with("failed");
-                delayed |= lower.starts_with("delayed");
-            }
-            "status" => {
-                seen = true;
-                failed |= lower.starts_with('5');
-                delayed |= lower.starts_with('4');
-                if !lower.starts_with('2') && first_status.is_none() {
-                    first_status = Some(value.to_string());
-                }
-            }
-            "diagnostic-code" if diagnostic.is_none() => diagnostic = Some(value.to_string()),
-            _ => {}
-        }
-    }
-    if !seen {
+    let fields = unfolded_fields(text);
+    let values = |name: &'static str| {
+        let named = fields
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name));
+        named.map(|(_, v)| v.as_str())
+    };
+    let (mut actions, mut statuses) = (values("action"), values("status"));
+    let failed = actions
+        .clone()
+        .any(|a| a.to_ascii_lowercase().starts_with("failed"))
+        || statuses.clone().any(|s| s.starts_with('5'));
+    let delayed = actions
+        .clone()
+        .any(|a| a.to_ascii_lowercase().starts_with("delayed"))
+        || statuses.clone().any(|s| s.starts_with('4'));
+    if actions.next().is_none() && statuses.next().is_none() {
         return None;
     }
-    let summary = match (first_status, diagnostic) {
-        (Some(s), Some(d)) => format!("{s} {d}"),
-        (s, d) => s
-            .or(d)
-            .unwrap_or_else(|| "delivery status without detail".into()),
-    };
+    let status = values("status").find(|s| !s.starts_with('2'));
+    let detail = [status, values("diagnostic-code").next()]
+        .into_iter()
+        .flatten();
     let word = match (failed, delayed) {
         (true, _) => "failed",
         (false, true) => "delayed",
         (false, false) => "delivered",
     };
+    let diagnostic = clip(&format!("{word}: {}", detail.collect::<Vec<_>>().join(" ")));
     Some(Classification::Bounce {
         permanent: failed,
-        diagnostic: clip(&format!("{word}: {summary}")),
+        diagnostic,
     })
 }
 
@@ -381,43 +366,6 @@ fn unfolded_fields(text: &str) -> Vec<(String, String)> {
     fields
 }
 
-/// Null-sender failure notices (qmail, Exim without DSN, Gmail, …): sent by the mail system
-/// itself, not by a person.
-fn is_failure_notice(msg: &Message<'_>, headers: &Headers, subject: &str) -> bool {
-    let from = headers
-        .first("from")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let address = from_address(msg).unwrap_or_default();
-    let local = address
-        .split('@')
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let daemon = matches!(
-        local.as_str(),
-        "mailer-daemon" | "mailer_daemon" | "mailerdaemon"
-    ) || ["mail delivery", "mailer-daemon", "mailer daemon"]
-        .iter()
-        .any(|s| from.contains(s));
-    let null_sender = headers.first("return-path").is_some_and(|rp| {
-        rp.trim_matches(|c: char| c == '<' || c == '>' || c.is_whitespace())
-            .is_empty()
-    });
-    let failure_subject = {
-        let s = subject.to_lowercase();
-        FAILURE_SUBJECTS.iter().any(|p| s.contains(p))
-    };
-    let returned_part = msg.parts.iter().any(|p| {
-        matches!(p.body, PartType::Message(_)) || p.is_content_type("text", "rfc822-headers")
-    });
-    // A postmaster mailbox may belong to a person who really answers, so it needs more evidence;
-    // a null sender returning a message (KDDI, "Subject: Mail") is evidence enough.
-    daemon
-        || (local == "postmaster" && (null_sender || failure_subject || returned_part))
-        || (null_sender && (failure_subject || returned_part))
-}
-
 #[rustfmt::skip]
 const FAILURE_SUBJECTS: &[&str] = &[
     "undeliver", "delivery status notification", "delivery failure", "delivery failed",
@@ -427,46 +375,72 @@ const FAILURE_SUBJECTS: &[&str] = &[
     "mail system error", "delivery problem", "could not send message",
 ];
 
+/// Failure notices without a DSN (qmail, Exim, Gmail, …): sent by the mail system, not a person.
+fn is_failure_notice(msg: &Message<'_>, headers: &Headers, subject: &str) -> bool {
+    let from = headers
+        .first("from")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let address = from_address(msg).unwrap_or_default().to_ascii_lowercase();
+    let local = address.split('@').next().unwrap_or_default();
+    let daemon = matches!(local, "mailer-daemon" | "mailer_daemon" | "mailerdaemon")
+        || ["mail delivery", "mailer-daemon", "mailer daemon"]
+            .iter()
+            .any(|s| from.contains(s));
+    let null_sender = headers.first("return-path").is_some_and(|rp| {
+        rp.trim_matches(|c: char| c == '<' || c == '>' || c.is_whitespace())
+            .is_empty()
+    });
+    let lower_subject = subject.to_lowercase();
+    let failure_subject = FAILURE_SUBJECTS.iter().any(|p| lower_subject.contains(p));
+    let returned_part = msg.parts.iter().any(|p| {
+        matches!(p.body, PartType::Message(_)) || p.is_content_type("text", "rfc822-headers")
+    });
+    // A postmaster mailbox may belong to a person who really answers, so it needs more evidence;
+    // a null sender returning a message (KDDI's "Subject: Mail") is evidence enough.
+    daemon
+        || (local == "postmaster" && (null_sender || failure_subject || returned_part))
+        || (null_sender && (failure_subject || returned_part))
+}
+
 /// A failure notice without a usable DSN part: permanent unless its subject says "delayed".
 fn notice(msg: &Message<'_>, subject: &str) -> Classification {
     let s = subject.to_lowercase();
-    let delayed =
-        s.contains("delay") || s.starts_with("warning:") || s.contains("still being retried");
-    // The first line that looks like an SMTP reply says most about why.
+    let delayed = s.contains("delay") || s.starts_with("warning:") || s.contains("being retried");
+    // The first line with a 4xx/5xx SMTP reply code says most about why.
     let text = body_texts(msg);
-    let smtp_line = text.lines().map(str::trim).find(|l| {
-        let code = l
-            .split_whitespace()
-            .find(|w| w.len() >= 3 && w.is_char_boundary(3));
-        code.is_some_and(|w| {
-            let w = &w[..3];
-            (w.starts_with('5') || w.starts_with('4')) && w.bytes().all(|b| b.is_ascii_digit())
+    let smtp_line = text.lines().map(str::trim).find(|line| {
+        line.split_whitespace().any(|w| {
+            let code = w.as_bytes().get(..3).unwrap_or_default();
+            matches!(code, [b'4' | b'5', b'0'..=b'9', b'0'..=b'9'])
+                && !w.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
         })
     });
     let diagnostic = match smtp_line {
-        Some(line) => format!("{subject}: {line}"),
-        None => subject.to_string(),
+        Some(line) => clip(&format!("{subject}: {line}")),
+        None => clip(subject),
     };
     Classification::Bounce {
         permanent: !delayed,
-        diagnostic: clip(&diagnostic),
+        diagnostic,
     }
 }
 
 /// Refs of the returned original: its Message-ID, or failing that any id/plus address in the text.
 fn bounce_refs(msg: &Message<'_>, reply_local: &str, refs: &mut Refs) {
     let before = refs.0.len();
-    let mut push_id =
-        |id: Option<&str>| refs.push(id.unwrap_or_default().split('@').next().unwrap_or_default());
+    let local = |id: Option<&str>| id.unwrap_or_default().split('@').next().map(str::to_string);
     for part in &msg.parts {
-        if let PartType::Message(original) = &part.body {
-            push_id(original.message_id());
-        } else if part.is_content_type("text", "rfc822-headers") {
-            let text = part_text(part).unwrap_or_default();
-            if let Some(original) = MessageParser::default().parse_headers(text.as_bytes()) {
-                push_id(original.message_id());
+        let id = match &part.body {
+            PartType::Message(original) => local(original.message_id()),
+            _ if part.is_content_type("text", "rfc822-headers") => {
+                let text = part_text(part).unwrap_or_default();
+                let original = MessageParser::default().parse_headers(text.as_bytes());
+                original.and_then(|o| local(o.message_id()))
             }
-        }
+            _ => None,
+        };
+        refs.push(&id.unwrap_or_default());
     }
     if refs.0.len() > before {
         return;
@@ -474,31 +448,9 @@ fn bounce_refs(msg: &Message<'_>, reply_local: &str, refs: &mut Refs) {
     let text = body_texts(msg);
     refs.plus_addresses(&text, reply_local);
     for chunk in text.split('<').skip(1) {
-        if let Some((id, _)) = chunk.split_once('>') {
-            if let Some((local, _)) = id.split_once('@') {
-                refs.push(local);
-            }
-        }
+        let id = chunk.split_once('>').and_then(|(id, _)| id.split_once('@'));
+        id.into_iter().for_each(|(local, _)| refs.push(local));
     }
-}
-
-/// Text of a leaf part; mail-parser gives non-text parts (message/delivery-status) as bytes.
-fn part_text(part: &mail_parser::MessagePart<'_>) -> Option<String> {
-    match &part.body {
-        PartType::Text(t) | PartType::Html(t) => Some(t.to_string()),
-        PartType::Binary(b) | PartType::InlineBinary(b) => Some(String::from_utf8_lossy(b).into()),
-        _ => None,
-    }
-}
-
-/// All plain-text parts of the message itself (not of attached messages), joined.
-fn body_texts(msg: &Message<'_>) -> String {
-    let texts = msg.parts.iter().filter_map(|p| match &p.body {
-        PartType::Text(t) => Some(t.to_string()),
-        PartType::Html(h) => Some(html_to_text(h)),
-        _ => None,
-    });
-    texts.collect::<Vec<_>>().join("\n")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -511,17 +463,18 @@ fn auto_header_reason(headers: &Headers) -> Option<String> {
             return Some(format!("Auto-Submitted: {v}"));
         }
     }
-    for name in [
+    let names = [
         "x-autoreply",
         "x-autorespond",
         "x-autoresponder",
         "x-mail-autoreply",
-    ] {
-        if let Some(v) = headers.first(name) {
-            if !matches!(v.to_ascii_lowercase().as_str(), "no" | "false" | "0") {
-                return Some(format!("{name}: {v}"));
-            }
-        }
+    ];
+    let off = |v: &str| v.eq_ignore_ascii_case("no") || v.eq_ignore_ascii_case("false");
+    if let Some(name) = names
+        .into_iter()
+        .find(|n| headers.first(n).is_some_and(|v| !off(v)))
+    {
+        return Some(format!("{name} header"));
     }
     // X-Auto-Response-Suppress is deliberately not here: Outlook puts it on ordinary mail too.
     let precedence = headers
@@ -552,38 +505,32 @@ fn auto_subject(subject: &str) -> bool {
 
 /// The reply's own text: the first text/plain body, else the first HTML body as text.
 fn reply_body(msg: &Message<'_>) -> Option<String> {
-    let ids = msg.text_body.iter().chain(&msg.html_body);
-    ids.filter_map(|&id| msg.parts.get(id as usize))
-        .find_map(|p| match &p.body {
-            PartType::Text(t) => Some(t.to_string()),
-            PartType::Html(h) => Some(html_to_text(h)),
-            _ => None,
-        })
+    let mut parts = msg
+        .text_body
+        .iter()
+        .chain(&msg.html_body)
+        .filter_map(|&id| msg.parts.get(id as usize));
+    parts.find_map(|p| match &p.body {
+        PartType::Text(t) => Some(t.to_string()),
+        PartType::Html(h) => Some(html_to_text(h)),
+        _ => None,
+    })
 }
 
 /// First non-empty line that is not quoted, or None when a separator or signature comes first.
 fn first_own_line(body: &str) -> Option<&str> {
     let body = body.strip_prefix('\u{feff}').unwrap_or(body);
-    let lines: Vec<&str> = body.lines().map(clean_line).collect();
-    for (i, line) in lines.iter().enumerate() {
-        if line.is_empty() || line.starts_with('>') {
-            continue;
-        }
-        let next = lines[i + 1..]
-            .iter()
-            .find(|l| !l.is_empty())
-            .copied()
-            .unwrap_or_default();
-        return (!is_separator(line, next)).then_some(*line);
-    }
-    None
-}
-
-/// Trims whitespace (NBSP included) and the invisible characters mail clients leave behind.
-fn clean_line(line: &str) -> &str {
-    line.trim_matches(|c: char| {
+    // Whitespace (NBSP included) and the invisible characters mail clients leave behind.
+    let invisible = |c: char| {
         c.is_whitespace() || matches!(c, '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}')
-    })
+    };
+    let mut lines = body
+        .lines()
+        .map(|l| l.trim_matches(invisible))
+        .filter(|l| !l.is_empty());
+    let line = lines.by_ref().find(|l| !l.starts_with('>'))?;
+    let next = lines.next().unwrap_or_default();
+    (!is_separator(line, next)).then_some(line)
 }
 
 /// Attribution lines, quote headers and the signature separator: the reply's own text ends here.
@@ -600,13 +547,16 @@ fn is_separator(line: &str, next: &str) -> bool {
         ];
         ends.iter().any(|e| l.ends_with(e)) || l.contains("님이 작성")
     };
+    let starts = [
+        "-----",
+        "_____",
+        "from:",
+        "보낸 사람:",
+        "보낸사람:",
+        "begin forwarded message",
+    ];
     line == "--"
-        || line.starts_with("-----")
-        || line.starts_with("_____")
-        || lower.starts_with("from:")
-        || line.starts_with("보낸 사람:")
-        || line.starts_with("보낸사람:")
-        || lower.starts_with("begin forwarded message")
+        || starts.iter().any(|s| lower.starts_with(s))
         || attribution(&lower)
         // Gmail wraps a long "On … wrote:" (or the Korean "… 님이 작성:") over two lines.
         || ((lower.starts_with("on ") || line.starts_with(|c: char| c.is_ascii_digit()))
@@ -615,28 +565,23 @@ fn is_separator(line: &str, next: &str) -> bool {
 
 fn line_keyword(line: &str) -> Option<Keyword> {
     let line = line.trim_start_matches(['*', '_', '"', '\'', '“', '‘']);
-    let word_len = line
-        .find(|c: char| !c.is_ascii_alphabetic())
-        .unwrap_or(line.len());
-    let (word, rest) = line.split_at(word_len);
+    let (word, rest) = line.split_at(
+        line.find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(line.len()),
+    );
     if !word.is_empty() {
         // Latin keywords must be whole words: "Yesterday" is not YES.
         if rest.starts_with(char::is_alphanumeric) {
             return None;
         }
-        let word = word.to_ascii_lowercase();
-        return match word.as_str() {
+        // "No problem" / "No worries" usually mean yes: leave them for a human.
+        let next = rest.trim_start_matches([' ', ',']).to_ascii_lowercase();
+        let not_a_no = starts_with_any(&next, &["problem", "worries"]);
+        return match word.to_ascii_lowercase().as_str() {
             "yes" | "confirm" | "accept" | "authorize" | "authorise" | "approve" => {
                 Some(Keyword::Yes)
             }
-            // "No problem" / "No worries" usually mean yes: leave them for a human.
-            "no" if starts_with_any(
-                &rest.trim_start_matches([' ', ',']).to_ascii_lowercase(),
-                &["problem", "worries"],
-            ) =>
-            {
-                None
-            }
+            "no" if not_a_no => None,
             "no" | "decline" => Some(Keyword::No),
             _ => None,
         };
@@ -646,10 +591,10 @@ fn line_keyword(line: &str) -> Option<Keyword> {
     }
     // One-syllable 예/네 must stand alone ("네트워크", "예정" are other words); the longer ones
     // are prefixes of their verb forms ("확인했습니다", "동의합니다").
-    let single = ["예", "네"].iter().any(|k| {
-        line.strip_prefix(k)
-            .is_some_and(|r| !r.starts_with(|c| ('\u{ac00}'..='\u{d7a3}').contains(&c)))
-    });
+    let hangul = |c: char| ('\u{ac00}'..='\u{d7a3}').contains(&c);
+    let single = ["예", "네"]
+        .iter()
+        .any(|k| line.strip_prefix(k).is_some_and(|r| !r.starts_with(hangul)));
     if !(single || starts_with_any(line, &["확인", "동의", "승인"])) {
         return None;
     }
@@ -679,16 +624,14 @@ fn starts_with_any(text: &str, prefixes: &[&str]) -> bool {
 fn html_to_text(html: &str) -> String {
     let mut out = String::new();
     let (mut line, mut quoted, mut depth) = (String::new(), false, 0usize);
-    let mut skip_until: Option<&str> = None;
+    let mut skip_until: Option<&str> = None; // inside <style>, <script>, <head> or <title>
     let mut flush = |line: &mut String, quoted: &mut bool| {
-        let text = line.split_whitespace().collect::<Vec<_>>().join(" ");
-        if *quoted {
+        if std::mem::take(quoted) {
             out.push_str("> ");
         }
-        out.push_str(&text);
+        out.push_str(&line.split_whitespace().collect::<Vec<_>>().join(" "));
         out.push('\n');
         line.clear();
-        *quoted = false;
     };
     let mut rest = html;
     while !rest.is_empty() {
@@ -696,7 +639,7 @@ fn html_to_text(html: &str) -> String {
             rest = comment.find("-->").map_or("", |end| &comment[end + 3..]);
             continue;
         }
-        let Some(tag_body) = rest.strip_prefix('<') else {
+        let Some(tag) = rest.strip_prefix('<') else {
             let end = rest.find('<').unwrap_or(rest.len());
             if skip_until.is_none() {
                 line.push_str(&decode_entities(&rest[..end]));
@@ -705,20 +648,16 @@ fn html_to_text(html: &str) -> String {
             rest = &rest[end..];
             continue;
         };
-        let end = tag_body.find('>').unwrap_or(tag_body.len());
-        let tag = &tag_body[..end];
-        rest = tag_body.get(end + 1..).unwrap_or_default();
+        let end = tag.find('>').unwrap_or(tag.len());
+        rest = tag.get(end + 1..).unwrap_or_default();
         let closing = tag.starts_with('/');
-        let name: String = tag
-            .trim_start_matches('/')
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
+        let name = tag.trim_start_matches('/');
+        let name = name[..name
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(name.len())]
             .to_ascii_lowercase();
         if let Some(until) = skip_until {
-            if closing && name == until {
-                skip_until = None;
-            }
+            skip_until = skip_until.filter(|_| !(closing && name == until));
             continue;
         }
         match name.as_str() {
@@ -749,37 +688,15 @@ fn html_to_text(html: &str) -> String {
     out
 }
 
+/// Decodes character references ("&amp;", "&#33;", "&nbsp;" …); anything else stays as it is.
 fn decode_entities(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
     let mut parts = text.split('&');
-    out.push_str(parts.next().unwrap_or_default());
+    let mut out = parts.next().unwrap_or_default().to_string();
     for part in parts {
-        // `part` follows an '&': decode "name;" at its start, or keep the '&' literally.
-        let decoded = part
-            .split_once(';')
-            .filter(|(e, _)| e.len() <= 10)
-            .and_then(|(e, rest)| {
-                let c = match e {
-                    "nbsp" => '\u{a0}',
-                    "amp" => '&',
-                    "lt" => '<',
-                    "gt" => '>',
-                    "quot" => '"',
-                    "apos" => '\'',
-                    _ => {
-                        let num = e.strip_prefix('#')?;
-                        let code = match num.strip_prefix(['x', 'X']) {
-                            Some(hex) => u32::from_str_radix(hex, 16).ok()?,
-                            None => num.parse().ok()?,
-                        };
-                        char::from_u32(code)?
-                    }
-                };
-                Some((c, rest))
-            });
-        match decoded {
-            Some((c, rest)) => {
-                out.push(c);
+        match part.split_once(';').filter(|(name, _)| name.len() < 32) {
+            Some((name, rest)) => {
+                // mail-parser knows every HTML5 entity name; unknown ones are copied verbatim.
+                add_html_token(&mut out, format!("&{name};").as_bytes(), false);
                 out.push_str(rest);
             }
             None => {
@@ -794,28 +711,16 @@ fn decode_entities(text: &str) -> String {
 /// Removes RFC 5322 comments "( … )", nested ones included, so they cannot fake a result.
 fn strip_comments(value: &str) -> String {
     let mut depth = 0usize;
-    value
-        .chars()
-        .filter(|&c| {
-            match c {
-                '(' => depth += 1,
-                ')' if depth > 0 => {
-                    depth -= 1;
-                    return false;
-                }
-                _ => {}
-            }
-            depth == 0
-        })
-        .collect()
-}
-
-fn clip(text: &str) -> String {
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match text.char_indices().nth(MAX_DETAIL_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text,
-    }
+    let keep = |c: &char| {
+        let was = depth;
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        was == 0 && depth == 0
+    };
+    value.chars().filter(keep).collect()
 }
 
 #[cfg(test)]
@@ -823,59 +728,27 @@ mod tests {
     use super::*;
 
     #[test]
+    #[rustfmt::skip]
     fn keyword_lines() {
         let (yes, no) = (Some(Keyword::Yes), Some(Keyword::No));
         let cases: &[(&str, Option<Keyword>)] = &[
-            ("YES", yes),
-            ("yes", yes),
-            ("Yes, please.", yes),
-            ("Confirm.", yes),
-            ("ACCEPT - thanks", yes),
-            ("Authorise", yes),
-            ("Approve\r\n\r\nDaniel", yes),
-            ("*Yes*", yes),
-            ("No thanks", no),
-            ("DECLINE", no),
-            ("No Problem, go ahead", None),
-            ("Yesterday I sent it", None),
-            ("Nobody here", None),
-            ("Approved", None),
-            ("Can you call me? Yes or no?", None),
-            ("네, 동의합니다", yes),
-            ("네", yes),
-            ("예.", yes),
-            ("확인했습니다", yes),
-            ("동의합니다.", yes),
-            ("승인합니다", yes),
-            ("아니요, 괜찮습니다", no),
-            ("아니오", no),
-            ("거절합니다", no),
-            ("네트워크 문제로 늦었습니다", None),
-            ("예정대로 진행해 주세요", None),
-            ("확인 부탁드립니다", None),
-            ("동의하지 않습니다", None),
-            ("\u{feff}Yes", yes),
-            ("\u{a0}\n \t\n\u{200b}\nYes", yes),
-            ("\n> YES\n> Reply YES to confirm\n", None),
-            ("> quoted\n\nNo.", no),
-            ("-- \nMinji Kim\n\nYES", None),
-            (
-                "On Tue, Nov 24, 2026 at 2:05 PM Contoso <\npartners@invited.test> wrote:\n> YES",
-                None,
-            ),
-            (
-                "2026년 11월 24일 (화) 오후 2:05, Contoso <p@invited.test>님이 작성:\n> 네",
-                None,
-            ),
-            ("-----Original Message-----\nYES", None),
+            ("YES", yes), ("yes", yes), ("Yes, please.", yes), ("Confirm.", yes), ("*Yes*", yes),
+            ("ACCEPT - thanks", yes), ("Authorise", yes), ("Approve\r\n\r\nDaniel", yes),
+            ("No thanks", no), ("DECLINE", no), ("No Problem, go ahead", None),
+            ("Yesterday I sent it", None), ("Nobody here", None), ("Approved", None),
+            ("Can you call me? Yes or no?", None), ("", None),
+            ("네, 동의합니다", yes), ("네", yes), ("예.", yes), ("확인했습니다", yes),
+            ("동의합니다.", yes), ("승인합니다", yes), ("아니요, 괜찮습니다", no), ("아니오", no),
+            ("거절합니다", no), ("네트워크 문제로 늦었습니다", None), ("예정대로 진행해 주세요", None),
+            ("확인 부탁드립니다", None), ("동의하지 않습니다", None),
+            ("\u{feff}Yes", yes), ("\u{a0}\n \t\n\u{200b}\nYes", yes), ("> quoted\n\nNo.", no),
+            ("\n> YES\n> Reply YES to confirm\n", None), ("-- \nMinji Kim\n\nYES", None),
+            ("Yes\n-- \nsig", yes), ("-----Original Message-----\nYES", None),
+            ("On Tue, Nov 24, 2026 at 2:05 PM Contoso <\npartners@invited.test> wrote:\n> YES", None),
+            ("2026년 11월 24일 (화) 오후 2:05, Contoso <p@invited.test>님이 작성:\n> 네", None),
             ("________________________________\nFrom: Contoso\nYES", None),
-            (
-                "From: Contoso <partners@invited.test>\nSent: today\n\nYES",
-                None,
-            ),
+            ("From: Contoso <partners@invited.test>\nSent: today\n\nYES", None),
             ("보낸 사람: Contoso\nYES", None),
-            ("Yes\n-- \nsig", yes),
-            ("", None),
         ];
         for (body, want) in cases {
             assert_eq!(command_keyword(body), *want, "{body:?}");
@@ -884,29 +757,23 @@ mod tests {
 
     #[test]
     fn dmarc_from_trusted_topmost_only() {
-        let ar = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let ours = "mx.invited.test";
+        let check =
+            |v: &[&str]| dmarc_pass(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ours);
         let pass =
             "mx.invited.test; dkim=pass header.d=f.test; dmarc=pass (p=none) header.from=f.test";
         let fail = "mx.invited.test; dkim=none; dmarc=fail (p=none) header.from=f.test";
-        assert!(dmarc_pass(&ar(&[pass]), ours));
-        assert!(dmarc_pass(
-            &ar(&["MX.Invited.Test 1; DMARC=PASS header.from=f.test"]),
-            ours
-        ));
-        assert!(dmarc_pass(&ar(&["mx.other.test; dmarc=fail", pass]), ours));
-        assert!(!dmarc_pass(&ar(&[fail, pass]), ours));
-        assert!(!dmarc_pass(&ar(&["mx.other.test; dmarc=pass"]), ours));
-        assert!(!dmarc_pass(
-            &ar(&["mx.invited.test; spf=pass (dmarc=pass) smtp.mailfrom=x"]),
-            ours
-        ));
-        assert!(!dmarc_pass(&ar(&["mx.invited.test; dmarc=passed"]), ours));
-        assert!(!dmarc_pass(
-            &ar(&["mx.invited.test.evil.test; dmarc=pass"]),
-            ours
-        ));
-        assert!(!dmarc_pass(&[], ours));
+        assert!(check(&[pass]));
+        assert!(check(&["MX.Invited.Test 1; DMARC=PASS header.from=f.test"]));
+        assert!(check(&["mx.other.test; dmarc=fail", pass]));
+        assert!(!check(&[fail, pass]));
+        assert!(!check(&["mx.other.test; dmarc=pass"]));
+        assert!(!check(&[
+            "mx.invited.test; spf=pass (dmarc=pass) smtp.mailfrom=x"
+        ]));
+        assert!(!check(&["mx.invited.test; dmarc=passed"]));
+        assert!(!check(&["mx.invited.test.evil.test; dmarc=pass"]));
+        assert!(!check(&[]));
     }
 
     #[test]
@@ -927,28 +794,22 @@ mod tests {
     #[test]
     fn html_quotes_blockquotes_and_decodes_entities() {
         let text = html_to_text(
-            "<html><head><style>p{}</style></head><body><div>Yes&nbsp;&amp; thanks&#33;</div>\
+            "<html><head><style>p{}</style></head><body><div>Yes&nbsp;&amp; thanks&#33; &x;</div>\
              <blockquote>Reply<br>YES</blockquote><hr><p>From: x</p><!-- c --></body></html>",
         );
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let want = [
-            "Yes & thanks!",
-            "> Reply",
-            "> YES",
-            "________________________________",
-            "From: x",
-        ];
-        assert_eq!(lines, want);
+        let rule = "________________________________";
+        assert_eq!(
+            lines,
+            ["Yes & thanks! &x;", "> Reply", "> YES", rule, "From: x"]
+        );
         let quoted_only = html_to_text("<p>&gt; No</p><blockquote>YES</blockquote>");
         assert_eq!(command_keyword(&quoted_only), None);
     }
 
-    fn msg(headers: &str, body: &str) -> Inbound {
-        classify(format!("{headers}\n\n{body}").as_bytes(), "replies")
-    }
-
     #[test]
     fn whole_messages() {
+        let msg = |h: &str, body: &str| classify(format!("{h}\n\n{body}").as_bytes(), "replies");
         let unrecognised =
             |i: Inbound| matches!(i.classification, Classification::Unrecognised { .. });
         assert!(unrecognised(classify(
@@ -958,14 +819,12 @@ mod tests {
         assert!(unrecognised(classify(b"", "replies")));
 
         let (r1, r2) = ("aaaaaaaaaaaaaaaaaaaaaaaaa2", "bbbbbbbbbbbbbbbbbbbbbbbbb3");
-        let reply = msg(
-            &format!(
-                "From: A <a@f.test>\nTo: replies+{r1}@invited.test\nIn-Reply-To: <{r2}@invited.test>\n\
-                 References: <x@y> <{r1}@invited.test>\nX-Auto-Response-Suppress: All\n\
-                 Subject: Re: hi\nMessage-ID: <m1@f.test>"
-            ),
-            "Yes\n",
+        let headers = format!(
+            "From: A <a@f.test>\nTo: replies+{r1}@invited.test\nIn-Reply-To: <{r2}@invited.test>\n\
+             References: <x@y> <{r1}@invited.test>\nX-Auto-Response-Suppress: All\n\
+             Subject: Re: hi\nMessage-ID: <m1@f.test>"
         );
+        let reply = msg(&headers, "Yes\n");
         assert_eq!(
             reply.classification,
             Classification::Command {

@@ -16,6 +16,11 @@ pub struct Options {
     pub verification_ttl: &'static str,
     pub reminder_after: &'static str,
     pub reply_authorize: &'static str,
+    /// TOML for `[mail.outbound]` and `[mail.inbound]` (the body after each header); None = the
+    /// embedded default (file outbox, maildir inbox).
+    pub outbound: Option<String>,
+    pub inbound: Option<String>,
+    pub max_age: &'static str,
 }
 
 impl Default for Options {
@@ -25,6 +30,9 @@ impl Default for Options {
             verification_ttl: "7d",
             reminder_after: "10d",
             reply_authorize: "dmarc",
+            outbound: None,
+            inbound: None,
+            max_age: "5d",
         }
     }
 }
@@ -48,12 +56,10 @@ from = "Contoso Distribution <partners@invited.test>"
 reply_to = "replies@invited.test"
 default_locale = "en-US"
 [mail.outbound]
-transport = "file"
-dir = "outbox"
+{}
+max_age = "{}"
 [mail.inbound]
-source = "maildir"
-dir = "inbox"
-poll_interval = "100ms"
+{}
 trusted_authserv_id = "mx.invited.test"
 [policy]
 invitation_ttl = "{}"
@@ -72,7 +78,17 @@ name = "Contoso Distribution Japan"
 email = "jp-ops@contoso.test"
 markets = ["JP"]
 "#,
-        o.invitation_ttl, o.verification_ttl, o.reminder_after, o.reply_authorize
+        o.outbound
+            .as_deref()
+            .unwrap_or("transport = \"file\"\ndir = \"outbox\""),
+        o.max_age,
+        o.inbound
+            .as_deref()
+            .unwrap_or("source = \"maildir\"\ndir = \"inbox\"\npoll_interval = \"100ms\""),
+        o.invitation_ttl,
+        o.verification_ttl,
+        o.reminder_after,
+        o.reply_authorize
     )
 }
 

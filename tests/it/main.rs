@@ -4,4 +4,6 @@ mod corpus;
 mod crash;
 mod flow;
 mod harness;
+mod mailstack;
+mod smtp;
 mod tokens;
