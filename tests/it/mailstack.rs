@@ -20,7 +20,7 @@ impl MailStack {
             .tempdir_in("/tmp")
             .unwrap_or_else(|e| panic!("{e}"))
             .keep();
-        let users_file = dir.join("users.txt");
+        let users_file = dir.join("test-users.txt");
         std::fs::write(&users_file, users.join("\n") + "\n").unwrap_or_else(|e| panic!("{e}"));
         let out = Command::new("scripts/mailstack")
             .arg("start")
@@ -289,4 +289,299 @@ fn replies_are_picked_up_with_idle() {
 #[test]
 fn replies_are_picked_up_by_polling() {
     replies_move_records(false);
+}
+
+/// APPENDs raw messages to a user's mailbox over IMAP (creating it if needed).
+fn append(ms: &MailStack, user: &str, mailbox: &str, raws: &[String], recreate: bool) {
+    let cfg = invited::config::ImapConfig {
+        host: "127.0.0.1".into(),
+        port: ms.port("IMAP_PORT"),
+        tls: invited::config::Tls::None,
+        username: user.into(),
+        password_file: PathBuf::new(),
+        mailbox: mailbox.into(),
+        processed_mailbox: "Processed".into(),
+        idle: false,
+        ca_file: None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async {
+        let tls = invited::imap::tls_config(None).unwrap_or_else(|e| panic!("{e}"));
+        let mut s = invited::imap::connect(&cfg, &ms.var("PASSWORD"), tls)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if recreate {
+            let _ = s.delete(mailbox).await;
+        }
+        let _ = s.create(mailbox).await;
+        for raw in raws {
+            s.append(mailbox, None, None, raw.as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("APPEND: {e}"));
+        }
+        let _ = s.logout().await;
+    });
+}
+
+fn history_len(d: &Daemon, id: &str) -> usize {
+    d.json(&["show", id])["history"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0)
+}
+
+#[test]
+fn restarts_and_a_recreated_mailbox_apply_nothing_twice_and_skip_nothing() {
+    let users: Vec<String> = (0..6).map(|i| format!("u{i}@northwind.test")).collect();
+    let ms = MailStack::start(&users);
+    let mut opts = ms.options(true);
+    // a dedicated mailbox the test can delete and recreate (new UIDVALIDITY)
+    opts.inbound = opts.inbound.map(|s| s + "\nmailbox = \"Replies\"");
+    let mut d = Daemon::start(opts);
+    let mut ids = Vec::new();
+    let mut invitations = Vec::new();
+    for u in &users {
+        let r = d.json(&[
+            "invite",
+            "--provider",
+            "contoso-kr",
+            "--email",
+            u,
+            "--company",
+            "Northwind",
+            "--country",
+            "KR",
+        ]);
+        ids.push(r["id"].as_str().unwrap_or_default().to_string());
+        invitations.push(wait_inbox(&ms, u, 1).remove(0));
+    }
+    let replies: Vec<String> = users
+        .iter()
+        .zip(&invitations)
+        .enumerate()
+        .map(|(i, (u, m))| {
+            reply_raw(
+                u,
+                m,
+                &format!("r{i}@northwind.test"),
+                "No, thank you",
+                false,
+            )
+        })
+        .collect();
+    // first batch
+    append(&ms, "replies@invited.test", "Replies", &replies[..3], false);
+    for id in &ids[..3] {
+        d.wait_state(id, "declined");
+    }
+    // restart between batches; the second batch arrives while the daemon is down
+    d.stop();
+    append(&ms, "replies@invited.test", "Replies", &replies[3..], false);
+    d.spawn();
+    for id in &ids[3..] {
+        d.wait_state(id, "declined");
+    }
+    let inbound = d.json(&["inbound"]);
+    assert_eq!(
+        inbound.as_array().map(Vec::len),
+        Some(6),
+        "each reply handled once: {inbound}"
+    );
+    let lens: Vec<usize> = ids.iter().map(|id| history_len(&d, id)).collect();
+    // the mailbox is recreated (new UIDVALIDITY) and every old reply restored into it
+    d.stop();
+    append(&ms, "replies@invited.test", "Replies", &replies, true);
+    d.spawn();
+    wait_for(
+        "the restored replies to be moved out again",
+        Duration::from_secs(30),
+        || {
+            ms.read_mailbox("replies@invited.test", "Replies")
+                .is_empty()
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        d.json(&["inbound"]).as_array().map(Vec::len),
+        Some(6),
+        "nothing applied twice"
+    );
+    let after: Vec<usize> = ids.iter().map(|id| history_len(&d, id)).collect();
+    assert_eq!(lens, after, "no record changed again");
+}
+
+#[test]
+fn dovecot_restart_mid_session_reconnects_and_catches_up() {
+    let users = vec!["k0@litware.test".to_string(), "k1@litware.test".to_string()];
+    let ms = MailStack::start(&users);
+    let d = Daemon::start(ms.options(true));
+    let r0 = d.json(&[
+        "invite",
+        "--provider",
+        "contoso-kr",
+        "--email",
+        &users[0],
+        "--company",
+        "Litware",
+        "--country",
+        "KR",
+    ]);
+    let r1 = d.json(&[
+        "invite",
+        "--provider",
+        "contoso-kr",
+        "--email",
+        &users[1],
+        "--company",
+        "Litware",
+        "--country",
+        "KR",
+    ]);
+    let m0 = wait_inbox(&ms, &users[0], 1).remove(0);
+    let m1 = wait_inbox(&ms, &users[1], 1).remove(0);
+    ms.send(
+        &users[0],
+        &m0.reply_to,
+        &reply_raw(&users[0], &m0, "k0-reply@litware.test", "DECLINE", false),
+    );
+    d.wait_state(r0["id"].as_str().unwrap_or_default(), "declined");
+    // stop Dovecot by its master pid, wait until IMAP is gone, then start it again
+    let pid = std::fs::read_to_string(ms.var("DOVECOT_PID_FILE"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(&pid)
+            .status()
+            .is_ok_and(|s| s.success()),
+        "kill dovecot {pid}"
+    );
+    wait_for("Dovecot to stop", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", ms.port("IMAP_PORT")))
+            .is_err()
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ms.var("DOVECOT_LOG"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = Command::new("dovecot")
+        .arg("-c")
+        .arg(ms.var("DOVECOT_CONFIG"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
+        .stderr(log)
+        .status()
+        .unwrap_or_else(|e| panic!("dovecot: {e}"));
+    assert!(started.success(), "dovecot restart");
+    ms.send(
+        &users[1],
+        &m1.reply_to,
+        &reply_raw(&users[1], &m1, "k1-reply@litware.test", "DECLINE", false),
+    );
+    d.wait_state(r1["id"].as_str().unwrap_or_default(), "declined");
+    let log = d.log();
+    assert!(
+        log.contains("IMAP session ended"),
+        "the session really broke"
+    );
+    assert!(
+        log.matches("IMAP connected").count() >= 2,
+        "and the poller reconnected"
+    );
+}
+
+#[test]
+fn dsn_from_postfix_makes_the_invitation_undeliverable() {
+    let ms = MailStack::start(&[]);
+    let d = Daemon::start(ms.options(true));
+    let r = d.json(&[
+        "invite",
+        "--provider",
+        "contoso-kr",
+        "--email",
+        "nobody@bounce.test",
+        "--company",
+        "Gone Ltd",
+        "--country",
+        "KR",
+    ]);
+    let id = r["id"].as_str().unwrap_or_default().to_string();
+    d.wait_state(&id, "undeliverable");
+    let last = d.json(&["show", &id])["history"]
+        .as_array()
+        .and_then(|h| h.last().cloned())
+        .unwrap_or_default();
+    assert_eq!(last["channel"], "bounce", "{last}");
+    let inbound = d.json(&["inbound", "--outcome", "bounce"]);
+    assert!(
+        inbound
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i["record"] == id.as_str())),
+        "{inbound}"
+    );
+    wait_inbox(&ms, "ops@contoso.test", 1);
+}
+
+#[test]
+fn spoofed_auto_and_unauthenticated_replies_change_nothing() {
+    let users = vec![
+        "s0@adatum.test".to_string(),
+        "other@adatum.test".to_string(),
+    ];
+    let ms = MailStack::start(&users);
+    let d = Daemon::start(ms.options(true));
+    let r = d.json(&[
+        "invite",
+        "--provider",
+        "contoso-kr",
+        "--email",
+        &users[0],
+        "--company",
+        "Adatum",
+        "--country",
+        "KR",
+    ]);
+    let id = r["id"].as_str().unwrap_or_default().to_string();
+    let m = wait_inbox(&ms, &users[0], 1).remove(0);
+    // spoofed: another From, with DMARC pass for its own domain
+    ms.send(
+        &users[1],
+        &m.reply_to,
+        &reply_raw(&users[1], &m, "spoof@adatum.test", "AUTHORIZE", true),
+    );
+    // out-of-office quoting the invitation
+    let ooo = reply_raw(
+        &users[0],
+        &m,
+        "ooo@adatum.test",
+        "I am away until Monday.\r\n\r\n> reply AUTHORIZE to accept",
+        true,
+    )
+    .replacen("From:", "Auto-Submitted: auto-replied\r\nFrom:", 1);
+    ms.send(&users[0], &m.reply_to, &ooo);
+    // the right sender, but no DMARC pass
+    ms.send(
+        &users[0],
+        &m.reply_to,
+        &reply_raw(&users[0], &m, "nodmarc@adatum.test", "AUTHORIZE", false),
+    );
+    for (mid, outcome, why) in [
+        ("spoof@adatum.test", "command", "not the record's recipient"),
+        ("ooo@adatum.test", "auto_reply", "ignored"),
+        ("nodmarc@adatum.test", "command", "dmarc"),
+    ] {
+        let i = d.wait_inbound(mid);
+        assert_eq!(i["outcome"], outcome, "{i}");
+        assert!(i["effect"].as_str().unwrap_or("").contains(why), "{i}");
+    }
+    assert_eq!(d.state(&id), "invited");
+    assert_eq!(history_len(&d, &id), 1);
 }
