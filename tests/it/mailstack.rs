@@ -448,7 +448,15 @@ fn dovecot_restart_mid_session_reconnects_and_catches_up() {
         &reply_raw(&users[0], &m0, "k0-reply@litware.test", "DECLINE", false),
     );
     d.wait_state(r0["id"].as_str().unwrap_or_default(), "declined");
-    // stop Dovecot by its master pid, wait until IMAP is gone, then start it again
+    // drop the daemon's IMAP session (Dovecot keeps running client processes across a master
+    // stop), stop Dovecot by its master pid, wait until IMAP is gone, then start it again
+    let kicked = Command::new("doveadm")
+        .arg("-c")
+        .arg(ms.var("DOVECOT_CONFIG"))
+        .arg("kick")
+        .arg("replies@invited.test")
+        .output();
+    assert!(kicked.is_ok_and(|o| o.status.success()), "doveadm kick");
     let pid = std::fs::read_to_string(ms.var("DOVECOT_PID_FILE"))
         .unwrap_or_default()
         .trim()
@@ -490,7 +498,7 @@ fn dovecot_restart_mid_session_reconnects_and_catches_up() {
     let log = d.log();
     assert!(
         log.contains("IMAP session ended"),
-        "the session really broke"
+        "the session really broke:\n{log}"
     );
     assert!(
         log.matches("IMAP connected").count() >= 2,
