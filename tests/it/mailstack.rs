@@ -593,3 +593,20 @@ fn spoofed_auto_and_unauthenticated_replies_change_nothing() {
     assert_eq!(d.state(&id), "invited");
     assert_eq!(history_len(&d, &id), 1);
 }
+
+#[test]
+fn starttls_and_auth_from_a_password_file_on_submission() {
+    let ms = MailStack::start(&[]);
+    let mut opts = ms.options(true);
+    opts.outbound = Some(format!(
+        "transport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nca_file = \"{}\"\nusername = \"replies@invited.test\"\npassword_file = \"{}\"",
+        ms.port("SUBMISSION_PORT"),
+        ms.var("CA_CERT"),
+        ms.password_file().display()
+    ));
+    let d = Daemon::start(opts);
+    let out = d.json(&["send-test-email", "ops@contoso.test"]);
+    assert_eq!(out["state"], "sent", "{out}");
+    let m = wait_inbox(&ms, "ops@contoso.test", 1).remove(0);
+    assert_eq!(m.message_id, out["message_id"].as_str().unwrap_or_default());
+}

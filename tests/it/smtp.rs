@@ -150,7 +150,7 @@ fn temporary_failures_are_retried_with_the_same_message_id() {
 fn permanent_failure_makes_the_record_undeliverable_and_notifies_the_provider() {
     let port = free_port();
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let _sink = Sink::start(port, &tmp.path().join("d"), &["-f", "rcpt"]);
+    let rejecting = Sink::start(port, &tmp.path().join("d"), &["-f", "rcpt"]);
     let d = Daemon::start(smtp_options(port));
     let r = d.json(&[
         "invite",
