@@ -187,6 +187,22 @@ fn permanent_failure_makes_the_record_undeliverable_and_notifies_the_provider() 
                 .map(|_| ())
         })
     });
+    // ops fix the cause and requeue the dead letter: it goes out with its original Message-ID
+    drop(rejecting);
+    let accepting = Sink::start(port, &tmp.path().join("accepted"), &[]);
+    let item = outbox_item(&d, "nobody@fabrikam.test");
+    let retried = d.json(&["outbox", "retry", item["id"].as_str().unwrap_or_default()]);
+    assert_eq!(retried["state"], "queued");
+    wait_for(
+        "the requeued message to be sent",
+        Duration::from_secs(20),
+        || (outbox_item(&d, "nobody@fabrikam.test")["state"] == "sent").then_some(()),
+    );
+    let mid = item["message_id"].as_str().unwrap_or_default().to_string();
+    assert!(
+        accepting.message_ids().contains(&mid),
+        "sent with its original Message-ID"
+    );
 }
 
 #[test]
