@@ -28,7 +28,7 @@ pub enum SendError {
 
 pub enum Transport {
     File { dir: PathBuf },
-    Smtp(SmtpPool),
+    Smtp(Box<SmtpPool>),
 }
 
 impl Transport {
@@ -39,7 +39,7 @@ impl Transport {
                     .map_err(|e| anyhow::anyhow!("mail.outbound.dir {}: {e}", dir.display()))?;
                 Transport::File { dir: dir.clone() }
             }
-            Outbound::Smtp(s) => Transport::Smtp(SmtpPool::new(s, concurrency)?),
+            Outbound::Smtp(s) => Transport::Smtp(Box::new(SmtpPool::new(s, concurrency)?)),
         })
     }
 
