@@ -536,6 +536,28 @@ fn dsn_from_postfix_makes_the_invitation_undeliverable() {
         "{inbound}"
     );
     wait_inbox(&ms, "ops@contoso.test", 1);
+    // an unknown user of a test domain is refused at RCPT time (550): undeliverable without a DSN
+    let r = d.json(&[
+        "invite",
+        "--provider",
+        "contoso-kr",
+        "--email",
+        "unknown@fabrikam.test",
+        "--company",
+        "Fabrikam",
+        "--country",
+        "KR",
+    ]);
+    let id = r["id"].as_str().unwrap_or_default().to_string();
+    d.wait_state(&id, "undeliverable");
+    let last = d.json(&["show", &id])["history"]
+        .as_array()
+        .and_then(|h| h.last().cloned())
+        .unwrap_or_default();
+    assert!(
+        last["detail"].as_str().unwrap_or("").contains("550"),
+        "{last}"
+    );
 }
 
 #[test]
