@@ -134,41 +134,43 @@ fn every_bad_link_gets_the_same_page_and_changes_nothing() {
 #[test]
 fn concurrent_posts_of_one_token_make_one_transition() {
     let d = Daemon::start(Options::default());
-    let r = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        "yoon@relecloud.test",
-        "--company",
-        "Relecloud",
-        "--country",
-        "KR",
-    ]);
-    let id = r["id"].as_str().unwrap_or_default().to_string();
-    let link = d
-        .wait_mails("yoon@relecloud.test", "", 1)
-        .pop()
-        .unwrap_or_else(|| panic!("mail"))
-        .link_path();
+    let (id, mail) = d.invite_one("yoon@relecloud.test", "Relecloud");
+    let link = mail.link_path();
     let addr = d.http.clone();
-    let handles: Vec<_> = (0..20)
+    // 100 clients post the same token at once (a double-clicking contact, a retrying proxy…)
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(100));
+    let handles: Vec<_> = (0..100)
         .map(|_| {
-            let (addr, link) = (addr.clone(), link.clone());
+            let (addr, link, barrier) = (addr.clone(), link.clone(), barrier.clone());
             std::thread::spawn(move || {
-                crate::harness::http(&addr, "POST", &link, Some("action=decline")).status
+                barrier.wait();
+                crate::harness::http(&addr, "POST", &link, Some("action=decline"))
             })
         })
         .collect();
-    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap_or(0)).collect();
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 404),
-        "{statuses:?}"
+    let responses: Vec<_> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
+    assert_eq!(responses.len(), 100);
+    let done = responses
+        .iter()
+        .filter(|r| r.status == 200 && r.body.contains("result-done"))
+        .count();
+    let already = responses
+        .iter()
+        .filter(|r| r.status == 200 && r.body.contains("result-already"))
+        .count();
+    let generic = responses.iter().filter(|r| r.status == 404).count();
+    assert_eq!(done, 1, "exactly one success");
+    assert_eq!(
+        done + already + generic,
+        100,
+        "the rest get the already-done or the generic page"
     );
     let h = d.json(&["show", &id])["history"].clone();
     assert_eq!(
         h.as_array()
             .map(|a| a.iter().filter(|t| t["to"] == "declined").count()),
-        Some(1)
+        Some(1),
+        "one transition"
     );
+    assert_eq!(h.as_array().map(Vec::len), Some(2));
 }
