@@ -174,3 +174,25 @@ fn concurrent_posts_of_one_token_make_one_transition() {
     );
     assert_eq!(h.as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn oversized_bodies_are_refused_and_change_nothing() {
+    let d = Daemon::start(Options::default());
+    let (id, mail) = d.invite_one("big@relecloud.test", "Relecloud");
+    let link = mail.link_path();
+    let huge = format!("action=decline&company={}", "A".repeat(200 * 1024));
+    let r = crate::harness::http(&d.http, "POST", &link, Some(&huge));
+    assert_eq!(r.status, 413, "body limit");
+    assert_eq!(d.state(&id), "invited");
+    // and the security headers are on every page, the generic one included
+    for path in [link.as_str(), "/t/nope", "/healthz"] {
+        let g = d.get(path);
+        assert_eq!(g.header("referrer-policy"), Some("no-referrer"), "{path}");
+        assert_eq!(g.header("cache-control"), Some("no-store"), "{path}");
+        assert!(
+            g.header("content-security-policy")
+                .is_some_and(|c| c.contains("default-src 'none'")),
+            "{path}"
+        );
+    }
+}
