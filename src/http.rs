@@ -22,6 +22,7 @@ pub fn router(app: Arc<App>) -> Router {
     let limit = app.shared().cfg.body_limit;
     Router::new()
         .route("/t/{token}", get(open).post(submit))
+        .route("/link-invalid", get(link_invalid))
         .route("/assets/style.css", get(style))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -48,6 +49,13 @@ async fn security_headers(mut res: Response) -> Response {
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     res
+}
+
+async fn link_invalid(
+    State(app): State<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    invalid(&app, q.get("lang").map(String::as_str))
 }
 
 async fn style(State(app): State<Arc<App>>) -> Response {
@@ -96,7 +104,10 @@ fn page(app: &App, name: &str, ctx: &PageContext) -> Response {
 fn invalid(app: &App, locale: Option<&str>) -> Response {
     let sh = app.shared();
     let locale = sh.cfg.locale(locale);
-    let ctx = pages::context(&sh, None, "", &locale, "");
+    let mut ctx = pages::context(&sh, None, "", &locale, "");
+    // the switch shows this same generic page in the other language, whatever link led here, so
+    // every invalid link gets a byte-identical page
+    ctx.switch_url = format!("/link-invalid?lang={}", pages::other_locale(&locale));
     let mut res = page(app, "page_invalid", &ctx);
     *res.status_mut() = StatusCode::NOT_FOUND;
     res
@@ -220,6 +231,8 @@ async fn submit(
         let locale = locale_for(&app, &q, rec);
         let mut ctx = pages::context(&sh, Some(rec), &token, &locale, "");
         ctx.result = result.to_string();
+        // the link is used now: a GET in the other language would only show the generic page
+        ctx.switch_url = String::new();
         ctx.result_title = title;
         ctx.result_message = message;
         page(&app, "page_result", &ctx)

@@ -121,6 +121,15 @@ pub fn set_errors(c: &mut PageContext, errors: &[FieldError], locale: &str) {
         };
         c.errors.insert(field.to_string(), field_message(e, locale));
     }
+    // a summary at the top, so a long form does not hide that something needs fixing
+    if !errors.is_empty() && c.errors.get("form").is_none_or(|f| f.is_empty()) {
+        let summary = if locale == "ko-KR" {
+            "아래 표시된 항목을 고쳐 주세요."
+        } else {
+            "Please correct the fields marked below."
+        };
+        c.errors.insert("form".into(), summary.into());
+    }
 }
 
 fn field_message(e: &FieldError, locale: &str) -> String {

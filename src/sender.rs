@@ -290,6 +290,11 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_millis((base as f64 * 1000.0 * jitter) as u64)
 }
 
+type SendResult = (OutboxItem, Result<(), SendError>);
+
+/// A pipeline, so the SMTP connections stay busy: the dispatcher keeps up to `concurrency` sends in
+/// flight, a recorder writes their results in groups (one batch and one flush per group), and an
+/// item is not fetched again while it is in flight or its result is not yet recorded.
 pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: CancellationToken) {
     let (concurrency, rate) = {
         let sh = app.shared();
@@ -301,13 +306,18 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         iv
     });
-    loop {
-        if shutdown.is_cancelled() {
-            break;
-        }
+    let in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let recorded = Arc::new(tokio::sync::Notify::new());
+    let (tx, rx) = tokio::sync::mpsc::channel::<SendResult>(4096);
+    let recorder = tokio::spawn(record(app.clone(), rx, in_flight.clone(), recorded.clone()));
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    while !shutdown.is_cancelled() {
         let now = Utc::now();
-        let due = match app.store.read().outbox_due(&now, 512) {
-            Ok(d) => d,
+        let due: Vec<OutboxItem> = match app.store.read().outbox_due(&now, 1024) {
+            Ok(d) => {
+                let busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                d.into_iter().filter(|i| !busy.contains(&i.id)).collect()
+            }
             Err(e) => {
                 tracing::error!(error = %e, "reading the outbox");
                 Vec::new()
@@ -323,70 +333,91 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = app.outbox_wake.notified() => {}
+                _ = recorded.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
             continue;
         }
-        // In-flight sends finish even when shutdown starts; what is not sent stays queued.
-        let results = send_batch(&app, &transport, due, concurrency, pacing.as_mut()).await;
-        if let Err(e) = app.record_sends(results, Utc::now()).await {
+        for item in due {
+            let permit = tokio::select! {
+                p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.cancelled() => break,
+            };
+            if let Some(p) = pacing.as_mut() {
+                p.tick().await;
+            }
+            in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(item.id.clone());
+            let (app, transport, tx) = (app.clone(), transport.clone(), tx.clone());
+            tokio::spawn(async move {
+                let res = send_one(&app, &transport, &item).await;
+                let _ = tx.send((item, res)).await;
+                drop(permit);
+            });
+        }
+    }
+    // SIGTERM drain: no new sends; the ones in flight finish and are recorded, the rest stay queued.
+    let _all = sem.acquire_many(concurrency as u32).await;
+    drop(tx);
+    let _ = recorder.await;
+}
+
+async fn record(
+    app: Arc<App>,
+    mut rx: tokio::sync::mpsc::Receiver<SendResult>,
+    in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    recorded: Arc<tokio::sync::Notify>,
+) {
+    while let Some(first) = rx.recv().await {
+        // Group results for up to 20 ms: one batch and one flush per group, not per message.
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
+        while batch.len() < 1024 {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => batch.push(r),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let ids: Vec<String> = batch.iter().map(|(i, _)| i.id.clone()).collect();
+        if let Err(e) = app.record_sends(batch, Utc::now()).await {
+            // the items stay queued and are sent again (same Message-ID)
             tracing::error!(error = %e, "recording send results");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        let mut busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            busy.remove(&id);
+        }
+        drop(busy);
+        recorded.notify_one();
     }
 }
 
-async fn send_batch(
-    app: &Arc<App>,
-    transport: &Arc<Transport>,
-    due: Vec<OutboxItem>,
-    concurrency: usize,
-    mut pacing: Option<&mut tokio::time::Interval>,
-) -> Vec<(OutboxItem, Result<(), SendError>)> {
-    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let mut tasks = tokio::task::JoinSet::new();
-    for item in due {
-        if let Some(p) = pacing.as_mut() {
-            p.tick().await;
-        }
-        let sh = app.shared();
-        let transport = transport.clone();
-        let sem = sem.clone();
-        tasks.spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let sender = Sender {
-                from_name: &sh.cfg.from_name,
-                from: &sh.cfg.from,
-                reply_to: &sh.cfg.reply_to,
-                public_url: &sh.cfg.public_url,
-                keys: &sh.keys,
-                templates: &sh.templates,
-            };
-            let res = match sender.build(&item) {
-                Ok(msg) => {
-                    // VERP: the envelope sender is this message's own reply address, so a
-                    // bounce comes back to the plus address that names it.
-                    let env = sender
-                        .reply_address(&item.id)
-                        .ok()
-                        .zip(lettre::Address::new(item.to.local(), item.to.domain()).ok())
-                        .and_then(|(from, to)| Envelope::new(Some(from), vec![to]).ok());
-                    match env {
-                        Some(env) => transport.send(env, &item.message_id, msg.formatted()).await,
-                        None => Err(SendError::Permanent("cannot build the envelope".into())),
-                    }
-                }
-                Err(e) => Err(SendError::Permanent(e.to_string())),
-            };
-            (item, res)
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(x) => out.push(x),
-            Err(e) => tracing::error!(error = %e, "send task failed"),
-        }
-    }
-    out
+async fn send_one(app: &App, transport: &Transport, item: &OutboxItem) -> Result<(), SendError> {
+    let sh = app.shared();
+    let sender = Sender {
+        from_name: &sh.cfg.from_name,
+        from: &sh.cfg.from,
+        reply_to: &sh.cfg.reply_to,
+        public_url: &sh.cfg.public_url,
+        keys: &sh.keys,
+        templates: &sh.templates,
+    };
+    let msg = sender
+        .build(item)
+        .map_err(|e| SendError::Permanent(e.to_string()))?;
+    // VERP: the envelope sender is this message's own reply address, so a bounce comes back to
+    // the plus address that names it.
+    let env = sender
+        .reply_address(&item.id)
+        .ok()
+        .zip(lettre::Address::new(item.to.local(), item.to.domain()).ok())
+        .and_then(|(from, to)| Envelope::new(Some(from), vec![to]).ok())
+        .ok_or_else(|| SendError::Permanent("cannot build the envelope".into()))?;
+    transport.send(env, &item.message_id, msg.formatted()).await
 }
