@@ -261,39 +261,33 @@ impl App {
         fields: MailFieldsV1,
         now: Timestamp,
     ) -> Result<()> {
-        let id = random_ref();
-        let message_id = format!("{id}@{}", sh.cfg.reply_to.domain());
         let link = link.map(|purpose| LinkSpec {
             purpose,
             generation: rec.generation,
             expires_at: rec.expires_at.map(|t| t.timestamp()).unwrap_or(0),
         });
-        txn.put_ref(
-            &id,
-            &MessageRef {
-                record: rec.id,
-                purpose: link.as_ref().map(|l| l.purpose),
-                generation: rec.generation,
-                message_id: message_id.clone(),
-            },
-        );
-        txn.put_outbox(&OutboxItem {
-            id,
-            message_id,
-            to: to.clone(),
-            to_name: to_name.to_string(),
+        let item = OutboxItem::queued(
+            random_ref(),
+            sh.cfg.reply_to.domain(),
+            to,
+            to_name,
             kind,
-            locale: rec.locale.clone(),
-            record: rec.id,
+            &rec.locale,
+            rec.id,
             fields,
             link,
-            state: OutboxState::Queued,
-            attempts: 0,
-            last_error: None,
-            created_at: now,
-            next_attempt_at: now,
-            sent_at: None,
-        })?;
+            now,
+        );
+        txn.put_ref(
+            &item.id,
+            &MessageRef {
+                record: rec.id,
+                purpose: item.link.as_ref().map(|l| l.purpose),
+                generation: rec.generation,
+                message_id: item.message_id.clone(),
+            },
+        );
+        txn.put_outbox(&item)?;
         Ok(())
     }
 
@@ -1650,29 +1644,24 @@ impl App {
             field: "to".into(),
             message: m,
         })?;
-        let id = random_ref();
-        let message_id = format!("{id}@{}", sh.cfg.reply_to.domain());
-        let item = OutboxItem {
-            id: id.clone(),
-            message_id: message_id.clone(),
-            to: to.clone(),
-            to_name: String::new(),
-            kind: MailKind::TestEmail,
-            locale: sh.cfg.default_locale.clone(),
-            record: RecordId([0; 16]),
-            fields: MailFieldsV1 {
-                from_name: sh.cfg.from_name.clone(),
-                recipient_email: to.to_string(),
-                ..Default::default()
-            },
-            link: None,
-            state: OutboxState::Queued,
-            attempts: 0,
-            last_error: None,
-            created_at: now,
-            next_attempt_at: now,
-            sent_at: None,
+        let fields = MailFieldsV1 {
+            from_name: sh.cfg.from_name.clone(),
+            recipient_email: to.to_string(),
+            ..Default::default()
         };
+        let item = OutboxItem::queued(
+            random_ref(),
+            sh.cfg.reply_to.domain(),
+            &to,
+            "",
+            MailKind::TestEmail,
+            &sh.cfg.default_locale,
+            RecordId([0; 16]),
+            fields,
+            None,
+            now,
+        );
+        let (id, message_id) = (item.id.clone(), item.message_id.clone());
         self.store.write(|txn| -> Result<()> {
             txn.put_outbox(&item)?;
             Ok(())

@@ -68,7 +68,7 @@ impl AsyncWrite for Stream {
     }
 }
 
-type Session = async_imap::Session<Stream>;
+pub type Session = async_imap::Session<Stream>;
 
 /// A rustls client config trusting the public roots plus an optional private CA (PEM file).
 pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {

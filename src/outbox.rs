@@ -97,6 +97,41 @@ pub struct OutboxItem {
     pub sent_at: Option<Timestamp>,
 }
 
+impl OutboxItem {
+    /// A new message, due now. `id` is its `<ref>`; the Message-ID is `<ref>@<domain>`.
+    #[allow(clippy::too_many_arguments)] // every field is the caller's to choose; no defaults hide here
+    pub fn queued(
+        id: String,
+        domain: &str,
+        to: &Email,
+        to_name: &str,
+        kind: MailKind,
+        locale: &str,
+        record: RecordId,
+        fields: MailFieldsV1,
+        link: Option<LinkSpec>,
+        now: Timestamp,
+    ) -> OutboxItem {
+        OutboxItem {
+            message_id: format!("{id}@{domain}"),
+            id,
+            to: to.clone(),
+            to_name: to_name.to_string(),
+            kind,
+            locale: locale.to_string(),
+            record,
+            fields,
+            link,
+            state: OutboxState::Queued,
+            attempts: 0,
+            last_error: None,
+            created_at: now,
+            next_attempt_at: now,
+            sent_at: None,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Context<'a> {
     kind: &'static str,

@@ -9,17 +9,7 @@ fn kill9_after_ack_loses_nothing() {
     let mut ids = Vec::new();
     for round in 0..5 {
         let email = format!("crash{round}@fabrikam.test");
-        let r = d.json(&[
-            "invite",
-            "--provider",
-            "contoso-kr",
-            "--email",
-            &email,
-            "--company",
-            "Fabrikam",
-            "--country",
-            "KR",
-        ]);
+        let r = d.invite(&email, "Fabrikam");
         let id = r["id"].as_str().unwrap_or_default().to_string();
         d.kill9();
         d.spawn();

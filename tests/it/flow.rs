@@ -61,17 +61,7 @@ fn whole_loop_csv_to_customer() {
     assert_eq!(find_row(&bulk, 3)["outcome"], "queued");
 
     // Inviting again by hand reports the existing record (idempotent bulk runs).
-    let again = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        "minji.kim@fabrikam.test",
-        "--company",
-        "F",
-        "--country",
-        "KR",
-    ]);
+    let again = d.invite("minji.kim@fabrikam.test", "F");
     assert_eq!(again["existing"], true);
     assert_eq!(again["id"], minji.as_str());
 
@@ -338,17 +328,7 @@ fn decline_notifies_the_provider() {
     // the same link now shows the generic page
     assert_eq!(d.get(&m.link_path()).status, 404);
     // a declined invitation is no longer live: inviting again makes a new record
-    let again = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        "lee@tailspin.test",
-        "--company",
-        "Tailspin",
-        "--country",
-        "KR",
-    ]);
+    let again = d.invite("lee@tailspin.test", "Tailspin");
     assert_eq!(again["existing"], false);
 }
 
@@ -380,28 +360,8 @@ fn expiry_with_a_reminder_first() {
 #[test]
 fn bounce_and_replies_that_change_nothing() {
     let d = Daemon::start(Options::default());
-    let a = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        "gone@fabrikam.test",
-        "--company",
-        "Fabrikam",
-        "--country",
-        "KR",
-    ]);
-    let b = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        "choi@litware.test",
-        "--company",
-        "Litware",
-        "--country",
-        "KR",
-    ]);
+    let a = d.invite("gone@fabrikam.test", "Fabrikam");
+    let b = d.invite("choi@litware.test", "Litware");
     let (a, b) = (
         a["id"].as_str().unwrap_or_default().to_string(),
         b["id"].as_str().unwrap_or_default().to_string(),

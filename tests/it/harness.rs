@@ -233,6 +233,21 @@ impl Daemon {
         })
     }
 
+    /// `invited invite` of one reseller for contoso-kr (country KR); returns the JSON answer.
+    pub fn invite(&self, email: &str, company: &str) -> Value {
+        self.json(&[
+            "invite",
+            "--provider",
+            "contoso-kr",
+            "--email",
+            email,
+            "--company",
+            company,
+            "--country",
+            "KR",
+        ])
+    }
+
     /// Invites one reseller for contoso-kr and waits for its email; returns (record id, mail).
     pub fn invite_one(&self, email: &str, company: &str) -> (String, Mail) {
         let r = self.json(&[

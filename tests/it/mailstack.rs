@@ -84,28 +84,32 @@ impl MailStack {
     }
 
     /// Every message in a user's mailbox, read over IMAP (plain, loopback).
-    pub fn read_mailbox(&self, user: &str, mailbox: &str) -> Vec<Vec<u8>> {
+    /// A current-thread runtime and an IMAP session logged in as `user` (plain, loopback).
+    pub fn imap(&self, user: &str) -> (tokio::runtime::Runtime, invited::imap::Session) {
         let cfg = invited::config::ImapConfig {
             host: "127.0.0.1".into(),
             port: self.port("IMAP_PORT"),
             tls: invited::config::Tls::None,
             username: user.into(),
             password_file: PathBuf::new(),
-            mailbox: mailbox.into(),
+            mailbox: "INBOX".into(),
             processed_mailbox: "Processed".into(),
             idle: false,
             ca_file: None,
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let rt = runtime();
+        let tls = invited::imap::tls_config(None).unwrap_or_else(|e| panic!("{e}"));
+        let s = rt
+            .block_on(invited::imap::connect(&cfg, &self.var("PASSWORD"), tls))
+            .unwrap_or_else(|e| panic!("{user}: {e}"));
+        (rt, s)
+    }
+
+    /// Every message in a user's mailbox, read over IMAP.
+    pub fn read_mailbox(&self, user: &str, mailbox: &str) -> Vec<Vec<u8>> {
+        let (rt, mut s) = self.imap(user);
         rt.block_on(async {
             use futures_util::StreamExt;
-            let tls = invited::imap::tls_config(None).unwrap_or_else(|e| panic!("{e}"));
-            let mut s = invited::imap::connect(&cfg, &self.var("PASSWORD"), tls)
-                .await
-                .unwrap_or_else(|e| panic!("{user}: {e}"));
             let mbox = s.select(mailbox).await.unwrap_or_else(|e| panic!("{e}"));
             let mut out = Vec::new();
             if mbox.exists > 0 {
@@ -125,11 +129,7 @@ impl MailStack {
 
     /// Sends raw message bytes through Postfix.
     pub fn send(&self, from: &str, to: &str, raw: &str) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
-        rt.block_on(async {
+        runtime().block_on(async {
             use lettre::AsyncTransport;
             let t = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(
                 "127.0.0.1",
@@ -243,17 +243,7 @@ fn replies_move_records(idle: bool) {
     let d = Daemon::start(ms.options(idle));
     let mut ids = Vec::new();
     for u in &users {
-        let r = d.json(&[
-            "invite",
-            "--provider",
-            "contoso-kr",
-            "--email",
-            u,
-            "--company",
-            "Fabrikam",
-            "--country",
-            "KR",
-        ]);
+        let r = d.invite(u, "Fabrikam");
         ids.push(r["id"].as_str().unwrap_or_default().to_string());
     }
     for (i, u) in users.iter().enumerate() {
@@ -293,26 +283,8 @@ fn replies_are_picked_up_by_polling() {
 
 /// APPENDs raw messages to a user's mailbox over IMAP (creating it if needed).
 fn append(ms: &MailStack, user: &str, mailbox: &str, raws: &[String], recreate: bool) {
-    let cfg = invited::config::ImapConfig {
-        host: "127.0.0.1".into(),
-        port: ms.port("IMAP_PORT"),
-        tls: invited::config::Tls::None,
-        username: user.into(),
-        password_file: PathBuf::new(),
-        mailbox: mailbox.into(),
-        processed_mailbox: "Processed".into(),
-        idle: false,
-        ca_file: None,
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (rt, mut s) = ms.imap(user);
     rt.block_on(async {
-        let tls = invited::imap::tls_config(None).unwrap_or_else(|e| panic!("{e}"));
-        let mut s = invited::imap::connect(&cfg, &ms.var("PASSWORD"), tls)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
         if recreate {
             let _ = s.delete(mailbox).await;
         }
@@ -324,6 +296,13 @@ fn append(ms: &MailStack, user: &str, mailbox: &str, raws: &[String], recreate: 
         }
         let _ = s.logout().await;
     });
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn history_len(d: &Daemon, id: &str) -> usize {
@@ -344,17 +323,7 @@ fn restarts_and_a_recreated_mailbox_apply_nothing_twice_and_skip_nothing() {
     let mut ids = Vec::new();
     let mut invitations = Vec::new();
     for u in &users {
-        let r = d.json(&[
-            "invite",
-            "--provider",
-            "contoso-kr",
-            "--email",
-            u,
-            "--company",
-            "Northwind",
-            "--country",
-            "KR",
-        ]);
+        let r = d.invite(u, "Northwind");
         ids.push(r["id"].as_str().unwrap_or_default().to_string());
         invitations.push(wait_inbox(&ms, u, 1).remove(0));
     }
@@ -510,17 +479,7 @@ fn dovecot_restart_mid_session_reconnects_and_catches_up() {
 fn dsn_from_postfix_makes_the_invitation_undeliverable() {
     let ms = MailStack::start(&[]);
     let d = Daemon::start(ms.options(true));
-    let r = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        "nobody@bounce.test",
-        "--company",
-        "Gone Ltd",
-        "--country",
-        "KR",
-    ]);
+    let r = d.invite("nobody@bounce.test", "Gone Ltd");
     let id = r["id"].as_str().unwrap_or_default().to_string();
     d.wait_state(&id, "undeliverable");
     let last = d.json(&["show", &id])["history"]
@@ -537,17 +496,7 @@ fn dsn_from_postfix_makes_the_invitation_undeliverable() {
     );
     wait_inbox(&ms, "ops@contoso.test", 1);
     // an unknown user of a test domain is refused at RCPT time (550): undeliverable without a DSN
-    let r = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        "unknown@fabrikam.test",
-        "--company",
-        "Fabrikam",
-        "--country",
-        "KR",
-    ]);
+    let r = d.invite("unknown@fabrikam.test", "Fabrikam");
     let id = r["id"].as_str().unwrap_or_default().to_string();
     d.wait_state(&id, "undeliverable");
     let last = d.json(&["show", &id])["history"]

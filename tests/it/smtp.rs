@@ -99,17 +99,7 @@ fn temporary_failures_are_retried_with_the_same_message_id() {
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let d = Daemon::start(smtp_options(port));
     let rejecting = Sink::start(port, &tmp.path().join("rejected"), &["-r", "rcpt"]);
-    d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        "retry@fabrikam.test",
-        "--company",
-        "Fabrikam",
-        "--country",
-        "KR",
-    ]);
+    d.invite("retry@fabrikam.test", "Fabrikam");
     wait_for("a 4xx attempt", Duration::from_secs(20), || {
         (outbox_item(&d, "retry@fabrikam.test")["attempts"]
             .as_u64()
@@ -152,17 +142,7 @@ fn permanent_failure_makes_the_record_undeliverable_and_notifies_the_provider() 
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let rejecting = Sink::start(port, &tmp.path().join("d"), &["-f", "rcpt"]);
     let d = Daemon::start(smtp_options(port));
-    let r = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        "nobody@fabrikam.test",
-        "--company",
-        "Fabrikam",
-        "--country",
-        "KR",
-    ]);
+    let r = d.invite("nobody@fabrikam.test", "Fabrikam");
     let id = r["id"].as_str().unwrap_or_default().to_string();
     d.wait_state(&id, "undeliverable");
     let last = d.json(&["show", &id])["history"]
@@ -213,17 +193,7 @@ fn dropped_connections_after_data_resend_the_same_message() {
     let dropping = Sink::start(port, &tmp.path().join("dropped"), &["-q", "."]);
     let emails: Vec<String> = (0..3).map(|i| format!("drop{i}@fabrikam.test")).collect();
     for e in &emails {
-        d.json(&[
-            "invite",
-            "--provider",
-            "contoso-kr",
-            "--email",
-            e,
-            "--company",
-            "Fabrikam",
-            "--country",
-            "KR",
-        ]);
+        d.invite(e, "Fabrikam");
     }
     wait_for(
         "a dropped attempt for each",
