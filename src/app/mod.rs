@@ -1,0 +1,637 @@
+//! The operations of the product: invite, enroll, review, act on links and replies, expire and
+//! remind. Each operation is one store batch (state change + the mail it causes) and is flushed
+//! before its caller answers. No I/O other than the store; the clock comes in as `now`.
+
+mod inbound;
+mod links;
+mod onboarding;
+mod queries;
+mod sending;
+mod timers;
+
+use std::sync::{Arc, RwLock};
+
+use chrono::Duration as ChronoDuration;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::classify::{self, Classification, Keyword};
+use crate::config::{Config, Provider, ReplyAuthorize};
+use crate::metrics::Metrics;
+use crate::model::{
+    random_ref, rfc3339, AuthorizationState, Body, Channel, CustomerInvitation, CustomerState,
+    Email, EnrollmentState, Kind, ProviderAuthorization, Purpose, Record, RecordId, Refusal,
+    Timestamp,
+};
+use crate::outbox::{LinkSpec, MailFieldsV1, MailKind, OutboxItem, OutboxState};
+use crate::rules::{self, EnrollFields, FieldError, InviteRow};
+use crate::store::{InboundRecord, MessageRef, Store, StoreError, TimerKind, Txn};
+use crate::templates::Templates;
+use crate::token::{self, Keys};
+
+/// What SIGHUP swaps as one piece: configuration, keys and templates.
+pub struct Shared {
+    pub cfg: Config,
+    pub keys: Keys,
+    pub templates: Templates,
+}
+
+pub struct App {
+    pub store: Store,
+    shared: RwLock<Arc<Shared>>,
+    pub metrics: Metrics,
+    pub outbox_wake: Notify,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Refusal> for AppError {
+    fn from(r: Refusal) -> Self {
+        AppError::Refused(r.to_string())
+    }
+}
+impl From<FieldError> for AppError {
+    fn from(e: FieldError) -> Self {
+        AppError::Invalid {
+            field: e.field.to_string(),
+            message: e.message,
+        }
+    }
+}
+
+pub type Result<T, E = AppError> = std::result::Result<T, E>;
+
+/// The action a link form or a reply asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Confirm,
+    Accept,
+    Authorize,
+    Decline,
+}
+
+/// Why an action did not happen (the record is unchanged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotDone {
+    NotAwaiting,
+    NeedsEnrollment,
+    NotInMarkets { country: String, markets: String },
+    NoDecline,
+    WrongAction,
+}
+
+impl NotDone {
+    pub fn describe(&self) -> String {
+        match self {
+            NotDone::NotAwaiting => "the record no longer waits for this".into(),
+            NotDone::NeedsEnrollment => {
+                "no active enrollment for this address yet; the link shows the enrollment form"
+                    .into()
+            }
+            NotDone::NotInMarkets { country, markets } => {
+                format!(
+                    "the reseller's country {country} is not in the provider's markets ({markets})"
+                )
+            }
+            NotDone::NoDecline => "there is nothing to decline for this record".into(),
+            NotDone::WrongAction => "this action does not apply to this link".into(),
+        }
+    }
+}
+
+/// Result of checking a link token against the store.
+pub enum LinkCheck {
+    Invalid(token::Invalid),
+    /// Valid, and the record waits for this purpose.
+    Open {
+        record: Record,
+        purpose: Purpose,
+    },
+    /// Valid signature and generation, but the record has moved on.
+    Used {
+        record: Record,
+        purpose: Purpose,
+    },
+}
+
+pub enum PostOutcome {
+    Invalid,
+    Done {
+        record: Record,
+        purpose: Purpose,
+        action: Action,
+    },
+    Already {
+        record: Record,
+        purpose: Purpose,
+    },
+    ConsentMissing {
+        record: Record,
+        purpose: Purpose,
+    },
+    NotDone {
+        record: Record,
+        purpose: Purpose,
+        why: NotDone,
+    },
+    EnrollErrors {
+        record: Record,
+        errors: Vec<FieldError>,
+        values: EnrollFields,
+    },
+    Enrolled {
+        record: Record,
+        enrollment: Record,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct InviteResult {
+    pub id: RecordId,
+    pub state: String,
+    pub existing: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BulkRow {
+    pub line: u64,
+    pub email: String,
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<RecordId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct BulkResult {
+    pub queued: u64,
+    pub existing: u64,
+    pub rejected: u64,
+    pub rows: Vec<BulkRow>,
+}
+
+fn to_chrono(d: std::time::Duration) -> ChronoDuration {
+    ChronoDuration::milliseconds(d.as_millis().min(i64::MAX as u128) as i64)
+}
+
+impl App {
+    pub fn new(store: Store, shared: Shared) -> App {
+        App {
+            store,
+            shared: RwLock::new(Arc::new(shared)),
+            metrics: Metrics::default(),
+            outbox_wake: Notify::new(),
+        }
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn replace_shared(&self, s: Shared) {
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+    }
+
+    /// Durable before acknowledged: every mutating caller awaits this, then the sender is woken.
+    pub async fn commit(&self) -> Result<()> {
+        self.store.flush().await?;
+        self.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    // ---- mail ----------------------------------------------------------------------------
+
+    fn base_fields(sh: &Shared, rec: &Record) -> MailFieldsV1 {
+        let mut f = MailFieldsV1 {
+            from_name: sh.cfg.from_name.clone(),
+            recipient_email: rec.recipient().to_string(),
+            company: rec.company().to_string(),
+            ..Default::default()
+        };
+        if let Some(p) = rec.provider().and_then(|p| sh.cfg.provider(p)) {
+            f.provider_name = p.name.clone();
+            f.provider_email = p.email.to_string();
+        }
+        match &rec.body {
+            Body::Enrollment(e) => {
+                f.recipient_name = e.primary_contact.name.clone();
+                f.country = e.country.clone();
+                f.state = e.state.as_str().into();
+                f.reply_enabled = true;
+            }
+            Body::ProviderAuthorization(a) => {
+                f.recipient_name = a.contact_name.clone();
+                f.country = a.country.clone();
+                f.admin_access = a.admin_access;
+                f.state = a.state.as_str().into();
+                f.reseller_email = a.email.to_string();
+                f.in_markets = sh
+                    .cfg
+                    .provider(&a.provider)
+                    .is_some_and(|p| p.markets.contains(&a.country));
+                f.reply_enabled = sh.cfg.reply_authorize != ReplyAuthorize::Off;
+            }
+            Body::CustomerInvitation(c) => {
+                f.state = c.state.as_str().into();
+                f.reseller_email = c.reseller_email.to_string();
+                f.reply_enabled = true;
+            }
+        }
+        f
+    }
+
+    /// Queues one message in the same batch as the change that causes it, with its own `<ref>`.
+    #[allow(clippy::too_many_arguments)]
+    fn queue(
+        sh: &Shared,
+        txn: &mut Txn,
+        rec: &Record,
+        kind: MailKind,
+        to: &Email,
+        to_name: &str,
+        link: Option<Purpose>,
+        fields: MailFieldsV1,
+        now: Timestamp,
+    ) -> Result<()> {
+        let link = link.map(|purpose| LinkSpec {
+            purpose,
+            generation: rec.generation,
+            expires_at: rec.expires_at.map(|t| t.timestamp()).unwrap_or(0),
+        });
+        let item = OutboxItem::queued(
+            random_ref(),
+            sh.cfg.reply_to.domain(),
+            to,
+            to_name,
+            kind,
+            &rec.locale,
+            rec.id,
+            fields,
+            link,
+            now,
+        );
+        txn.put_ref(
+            &item.id,
+            &MessageRef {
+                record: rec.id,
+                purpose: item.link.as_ref().map(|l| l.purpose),
+                generation: rec.generation,
+                message_id: item.message_id.clone(),
+            },
+        );
+        txn.put_outbox(&item)?;
+        Ok(())
+    }
+
+    /// The mail that carries the link for whatever the record now waits for.
+    fn queue_link_mail(
+        sh: &Shared,
+        txn: &mut Txn,
+        rec: &Record,
+        reminder: bool,
+        now: Timestamp,
+    ) -> Result<()> {
+        let Some(purpose) = rec.awaiting() else {
+            return Ok(());
+        };
+        let mut f = Self::base_fields(sh, rec);
+        let kind = match purpose {
+            Purpose::VerifyContact => MailKind::ContactVerification,
+            Purpose::AcceptAgreement => MailKind::AgreementRequest,
+            Purpose::AuthorizeProvider => {
+                f.needs_enrollment = Self::active_enrollment(txn, rec.recipient())?.is_none();
+                if reminder {
+                    MailKind::InvitationReminder
+                } else {
+                    MailKind::ProviderInvitation
+                }
+            }
+            Purpose::AcceptCustomer => {
+                if let Some(c) = rec.customer() {
+                    if let Some(e) = txn.record(&c.reseller_enrollment)? {
+                        f.reseller_company = e.company().to_string();
+                    }
+                }
+                MailKind::CustomerInvitation
+            }
+        };
+        let name = f.recipient_name.clone();
+        Self::queue(
+            sh,
+            txn,
+            rec,
+            kind,
+            rec.recipient(),
+            &name,
+            Some(purpose),
+            f,
+            now,
+        )
+    }
+
+    fn queue_status(
+        sh: &Shared,
+        txn: &mut Txn,
+        rec: &Record,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut f = Self::base_fields(sh, rec);
+        f.reason = reason.to_string();
+        let name = f.recipient_name.clone();
+        Self::queue(
+            sh,
+            txn,
+            rec,
+            MailKind::EnrollmentStatus,
+            rec.recipient(),
+            &name,
+            None,
+            f,
+            now,
+        )
+    }
+
+    fn queue_provider_notice(
+        sh: &Shared,
+        txn: &mut Txn,
+        rec: &Record,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let Some(p) = rec.provider().and_then(|p| sh.cfg.provider(p)) else {
+            return Ok(());
+        };
+        let mut f = Self::base_fields(sh, rec);
+        f.reason = reason.to_string();
+        f.recipient_name = p.name.clone();
+        f.recipient_email = p.email.to_string();
+        let mut notice = rec.clone();
+        notice.locale = sh.cfg.default_locale.clone();
+        Self::queue(
+            sh,
+            txn,
+            &notice,
+            MailKind::ProviderNotice,
+            &p.email,
+            &p.name,
+            None,
+            f,
+            now,
+        )
+    }
+
+    fn save(&self, txn: &mut Txn, rec: &Record) -> Result<()> {
+        txn.put_record(rec)?;
+        self.metrics
+            .transition(rec.kind().as_str(), rec.state_str());
+        Ok(())
+    }
+
+    fn active_enrollment(txn: &Txn, email: &Email) -> Result<Option<Record>> {
+        Ok(txn.records_for_recipient(email)?.into_iter().find(|r| {
+            r.enrollment()
+                .is_some_and(|e| e.state == EnrollmentState::Active)
+        }))
+    }
+
+    fn provider<'a>(sh: &'a Shared, id: &str) -> Result<&'a Provider> {
+        sh.cfg.provider(id).ok_or_else(|| AppError::Invalid {
+            field: "provider".into(),
+            message: format!(
+                "unknown provider {id:?} (configured: {})",
+                sh.cfg
+                    .providers
+                    .iter()
+                    .map(|p| p.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+    }
+
+    // ---- acting on a record (link or reply) ----------------------------------------------
+
+    /// Performs `action` for `purpose` on `rec`, queues what it causes; Ok(None) when it changed
+    /// something, Ok(Some(why)) when it did not.
+    #[allow(clippy::too_many_arguments)] // one call site per channel; a struct would only rename the same eight things
+    fn act(
+        &self,
+        sh: &Shared,
+        txn: &mut Txn,
+        rec: &mut Record,
+        purpose: Purpose,
+        action: Action,
+        channel: Channel,
+        now: Timestamp,
+    ) -> Result<Option<NotDone>> {
+        if rec.awaiting() != Some(purpose) {
+            return Ok(Some(NotDone::NotAwaiting));
+        }
+        let via = match channel {
+            Channel::Link => "by link",
+            Channel::Reply => "by reply",
+            _ => "",
+        };
+        match (purpose, action) {
+            (Purpose::VerifyContact, Action::Confirm | Action::Accept) => {
+                rec.set_enrollment(
+                    EnrollmentState::InReview,
+                    channel,
+                    &format!("contact verified {via}"),
+                    now,
+                )?;
+                self.save(txn, rec)?;
+                Self::queue_status(sh, txn, rec, "", now)?;
+            }
+            (Purpose::AcceptAgreement, Action::Accept | Action::Confirm) => {
+                rec.set_enrollment(
+                    EnrollmentState::Active,
+                    channel,
+                    &format!("partner agreement accepted {via}"),
+                    now,
+                )?;
+                self.save(txn, rec)?;
+                Self::queue_status(sh, txn, rec, "", now)?;
+                // Invitations waiting for this address get a fresh link now that it can authorize.
+                for mut inv in txn.records_for_recipient(rec.recipient())? {
+                    if inv
+                        .authorization()
+                        .is_some_and(|a| a.state == AuthorizationState::Invited)
+                    {
+                        if let Body::ProviderAuthorization(a) = &mut inv.body {
+                            a.enrollment = Some(rec.id);
+                        }
+                        inv.renew_link(
+                            now + to_chrono(sh.cfg.invitation_ttl),
+                            "enrollment active: invitation re-sent with a fresh link",
+                            Channel::Timer,
+                            now,
+                        );
+                        txn.put_record(&inv)?;
+                        Self::schedule_timers(sh, txn, &inv, now);
+                        Self::queue_link_mail(sh, txn, &inv, false, now)?;
+                    }
+                }
+            }
+            (Purpose::AuthorizeProvider, Action::Authorize | Action::Accept | Action::Confirm) => {
+                let Some(enrollment) = Self::active_enrollment(txn, rec.recipient())? else {
+                    return Ok(Some(NotDone::NeedsEnrollment));
+                };
+                let provider = rec.provider().and_then(|p| sh.cfg.provider(p));
+                let country = enrollment
+                    .enrollment()
+                    .map(|e| e.country.clone())
+                    .unwrap_or_default();
+                if let Some(p) = provider {
+                    if !p.markets.contains(&country) {
+                        return Ok(Some(NotDone::NotInMarkets {
+                            country,
+                            markets: p.markets.join(", "),
+                        }));
+                    }
+                }
+                if let Body::ProviderAuthorization(a) = &mut rec.body {
+                    a.enrollment = Some(enrollment.id);
+                }
+                rec.set_authorization(
+                    AuthorizationState::Authorized,
+                    channel,
+                    &format!("provider authorized {via}"),
+                    now,
+                )?;
+                self.save(txn, rec)?;
+                Self::queue_provider_notice(sh, txn, rec, "", now)?;
+            }
+            (Purpose::AuthorizeProvider, Action::Decline) => {
+                rec.set_authorization(
+                    AuthorizationState::Declined,
+                    channel,
+                    &format!("declined {via}"),
+                    now,
+                )?;
+                self.save(txn, rec)?;
+                Self::queue_provider_notice(sh, txn, rec, "", now)?;
+            }
+            (Purpose::AcceptCustomer, Action::Accept | Action::Confirm) => {
+                rec.set_customer(CustomerState::Accepted, channel, &format!("customer accepted {via}: reseller-customer and provider-customer relationships created"), now)?;
+                self.save(txn, rec)?;
+            }
+            (Purpose::AcceptCustomer, Action::Decline) => {
+                rec.set_customer(
+                    CustomerState::Declined,
+                    channel,
+                    &format!("declined {via}"),
+                    now,
+                )?;
+                self.save(txn, rec)?;
+            }
+            (Purpose::VerifyContact | Purpose::AcceptAgreement, Action::Decline) => {
+                return Ok(Some(NotDone::NoDecline))
+            }
+            _ => return Ok(Some(NotDone::WrongAction)),
+        }
+        Ok(None)
+    }
+}
+
+/// A customer invitation request (`invite-customer`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct CustomerRequest {
+    pub provider: String,
+    pub reseller_email: String,
+    pub email: String,
+    pub company: String,
+    #[serde(default)]
+    pub locale: Option<String>,
+}
+
+/// The fields of a posted link form.
+#[derive(Debug, Clone, Default)]
+pub struct LinkForm {
+    pub action: String,
+    pub consent: bool,
+    pub enroll: EnrollFields,
+}
+
+fn short(s: &str) -> String {
+    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.chars().count() > 300 {
+        s.chars().take(300).collect::<String>() + "…"
+    } else {
+        s
+    }
+}
+
+fn parse_id(id: &str) -> Result<RecordId> {
+    RecordId::parse(id).ok_or_else(|| AppError::Invalid {
+        field: "id".into(),
+        message: format!("{id:?} is not a record id (26 base32 or 32 hex characters)"),
+    })
+}
+
+fn not_found(id: &RecordId) -> AppError {
+    AppError::NotFound(format!("no record {id}"))
+}
+
+/// The JSON shape of a record for the CLI and the admin API (names fixed by DESIGN).
+pub fn record_json(r: &Record, with_history: bool) -> Value {
+    let mut v = json!({
+        "id": r.id,
+        "kind": r.kind().as_str(),
+        "state": r.state_str(),
+        "email": r.recipient(),
+        "company": r.company(),
+        "locale": r.locale,
+        "created_at": rfc3339(&r.created_at),
+        "updated_at": rfc3339(&r.updated_at),
+        "expires_at": r.expires_at.as_ref().map(rfc3339),
+    });
+    if let Some(p) = r.provider() {
+        v["provider"] = json!(p);
+    }
+    match &r.body {
+        Body::Enrollment(e) => {
+            v["country"] = json!(e.country);
+            v["enrollment"] = json!(e);
+        }
+        Body::ProviderAuthorization(a) => {
+            v["admin_access"] = json!(a.admin_access);
+            v["country"] = json!(a.country);
+            v["enrollment"] = json!(a.enrollment);
+        }
+        Body::CustomerInvitation(c) => {
+            v["reseller_email"] = json!(c.reseller_email);
+            v["reseller_enrollment"] = json!(c.reseller_enrollment);
+            v["authorization"] = json!(c.authorization);
+            let rel = if c.state == CustomerState::Accepted {
+                json!([
+                    {"kind": "reseller_customer", "reseller": c.reseller_enrollment},
+                    {"kind": "provider_customer", "provider": c.provider},
+                ])
+            } else {
+                json!([])
+            };
+            v["relationships"] = rel;
+        }
+    }
+    if with_history {
+        v["history"] = json!(r.history);
+    }
+    v
+}

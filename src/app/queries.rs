@@ -1,0 +1,203 @@
+//! Admin operations on records: show, lists, resend, revoke, remove admin access, outbox and inbound listings.
+
+use super::*;
+
+impl App {
+    // ---- admin: records ------------------------------------------------------------------
+
+    pub fn show(&self, id: &str) -> Result<Value> {
+        let id = parse_id(id)?;
+        let rec = self
+            .store
+            .read()
+            .record(&id)?
+            .ok_or_else(|| not_found(&id))?;
+        Ok(record_json(&rec, true))
+    }
+
+    pub fn list(
+        &self,
+        what: &str,
+        provider: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<Vec<Value>> {
+        let kind = match what {
+            "invitations" => Kind::ProviderAuthorization,
+            "enrollments" => Kind::Enrollment,
+            "customers" => Kind::CustomerInvitation,
+            other => {
+                return Err(AppError::Invalid {
+                    field: "list".into(),
+                    message: format!(
+                    "{other:?} is not invitations, enrollments, customers, resellers or providers"
+                ),
+                })
+            }
+        };
+        if let Some(s) = state {
+            let known = match kind {
+                Kind::Enrollment => EnrollmentState::ALL,
+                Kind::ProviderAuthorization => AuthorizationState::ALL,
+                Kind::CustomerInvitation => CustomerState::ALL,
+            };
+            if !known.contains(&s) {
+                return Err(AppError::Invalid {
+                    field: "state".into(),
+                    message: format!("{s:?} is not one of {}", known.join(", ")),
+                });
+            }
+        }
+        let read = self.store.read();
+        let records = match provider {
+            Some(p) => read.records_for_provider(p)?,
+            None => read.all_records()?,
+        };
+        let mut out: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.kind() == kind && state.is_none_or(|s| r.state_str() == s))
+            .collect();
+        out.sort_by_key(|r| r.created_at);
+        Ok(out.into_iter().map(|r| record_json(r, false)).collect())
+    }
+
+    pub fn resellers(&self, provider: &str) -> Result<Vec<Value>> {
+        let read = self.store.read();
+        let mut out = Vec::new();
+        for r in read.records_for_provider(provider)? {
+            if let Some(a) = r
+                .authorization()
+                .filter(|a| a.state == AuthorizationState::Authorized)
+            {
+                let mut v = record_json(&r, false);
+                if let Some(e) = a.enrollment.and_then(|id| read.record(&id).ok().flatten()) {
+                    v["enrollment"] = json!(e.id);
+                    v["company"] = json!(e.company());
+                }
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn providers_of(&self, reseller_email: &str) -> Result<Vec<Value>> {
+        let email = Email::parse(reseller_email).map_err(|m| AppError::Invalid {
+            field: "reseller_email".into(),
+            message: m,
+        })?;
+        let sh = self.shared();
+        let mut out = Vec::new();
+        for r in self.store.read().records_for_recipient(&email)? {
+            if let Some(a) = r
+                .authorization()
+                .filter(|a| a.state == AuthorizationState::Authorized)
+            {
+                let mut v = record_json(&r, false);
+                v["provider_name"] = json!(sh
+                    .cfg
+                    .provider(&a.provider)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default());
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn resend(&self, id: &str, channel: Channel, now: Timestamp) -> Result<Record> {
+        let sh = self.shared();
+        let id = parse_id(id)?;
+        let rec = self.store.write(|txn| -> Result<Record> {
+            let mut rec = txn.record(&id)?.ok_or_else(|| not_found(&id))?;
+            let Some(purpose) = rec.awaiting() else {
+                return Err(AppError::Refused(format!(
+                    "{} {id} is {}: nothing to resend",
+                    rec.kind().as_str(),
+                    rec.state_str()
+                )));
+            };
+            let ttl = if purpose == Purpose::VerifyContact {
+                sh.cfg.verification_ttl
+            } else {
+                sh.cfg.invitation_ttl
+            };
+            rec.renew_link(
+                now + to_chrono(ttl),
+                "re-sent with a fresh link; older links no longer work",
+                channel,
+                now,
+            );
+            txn.put_record(&rec)?;
+            Self::schedule_timers(&sh, txn, &rec, now);
+            Self::queue_link_mail(&sh, txn, &rec, false, now)?;
+            Ok(rec)
+        })?;
+        self.commit().await?;
+        Ok(rec)
+    }
+
+    pub async fn revoke(&self, id: &str, channel: Channel, now: Timestamp) -> Result<Record> {
+        let id = parse_id(id)?;
+        let rec = self.store.write(|txn| -> Result<Record> {
+            let mut rec = txn.record(&id)?.ok_or_else(|| not_found(&id))?;
+            match rec.kind() {
+                Kind::ProviderAuthorization => rec.set_authorization(AuthorizationState::Revoked, channel, "revoked", now)?,
+                Kind::CustomerInvitation => rec.set_customer(CustomerState::Revoked, channel, "revoked", now)?,
+                Kind::Enrollment => return Err(AppError::Refused(format!("{id} is an enrollment; enrollments are rejected with `review reject`, not revoked"))),
+            }
+            self.save(txn, &rec)?;
+            Ok(rec)
+        })?;
+        self.commit().await?;
+        Ok(rec)
+    }
+
+    pub async fn remove_admin_access(
+        &self,
+        id: &str,
+        channel: Channel,
+        now: Timestamp,
+    ) -> Result<Record> {
+        let id = parse_id(id)?;
+        let rec = self.store.write(|txn| -> Result<Record> {
+            let mut rec = txn.record(&id)?.ok_or_else(|| not_found(&id))?;
+            rec.remove_admin_access(channel, now)?;
+            txn.put_record(&rec)?;
+            Ok(rec)
+        })?;
+        self.commit().await?;
+        Ok(rec)
+    }
+
+    pub fn outbox(&self, dead_only: bool) -> Result<Vec<Value>> {
+        let items = self.store.read().outbox_all()?;
+        Ok(items
+            .into_iter()
+            .filter(|i| !dead_only || i.state == OutboxState::Dead)
+            .map(|i| {
+                json!({
+                    "id": i.id, "message_id": i.message_id, "to": i.to, "kind": i.kind,
+                    "state": i.state, "attempts": i.attempts, "last_error": i.last_error,
+                    "record": i.record, "created_at": rfc3339(&i.created_at),
+                })
+            })
+            .collect())
+    }
+
+    pub fn inbound(&self, outcome: Option<&str>) -> Result<Vec<InboundRecord>> {
+        if let Some(o) = outcome {
+            if !["bounce", "auto_reply", "command", "unrecognised"].contains(&o) {
+                return Err(AppError::Invalid {
+                    field: "outcome".into(),
+                    message: format!("{o:?} is not bounce, auto_reply, command or unrecognised"),
+                });
+            }
+        }
+        Ok(self
+            .store
+            .read()
+            .inbound_all()?
+            .into_iter()
+            .filter(|r| outcome.is_none_or(|o| r.outcome == o))
+            .collect())
+    }
+}

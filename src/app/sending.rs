@@ -1,0 +1,124 @@
+//! What the sender reports back: sent, retried, dead; dead letters requeued; test emails.
+
+use super::*;
+
+impl App {
+    /// Records what the sender did with a batch: sent, rescheduled, or dead (and then the
+    /// record becomes undeliverable, with the server's reply in its history).
+    pub async fn record_sends(
+        &self,
+        results: Vec<(
+            OutboxItem,
+            std::result::Result<(), crate::sender::SendError>,
+        )>,
+        now: Timestamp,
+    ) -> Result<()> {
+        use crate::sender::SendError;
+        if results.is_empty() {
+            return Ok(());
+        }
+        let sh = self.shared();
+        self.store.write(|txn| -> Result<()> {
+            for (mut item, res) in results {
+                item.attempts += 1;
+                match res {
+                    Ok(()) => {
+                        item.state = OutboxState::Sent;
+                        item.sent_at = Some(now);
+                        item.last_error = None;
+                        crate::metrics::Metrics::inc(&self.metrics.sent);
+                    }
+                    Err(SendError::Transient(e)) if now - item.created_at < to_chrono(sh.cfg.max_age) => {
+                        tracing::warn!(message = %item.id, attempts = item.attempts, error = %e, "send failed, will retry");
+                        item.last_error = Some(e);
+                        item.next_attempt_at = now + to_chrono(crate::sender::backoff(item.attempts));
+                        crate::metrics::Metrics::inc(&self.metrics.retried);
+                    }
+                    Err(e) => {
+                        tracing::warn!(message = %item.id, attempts = item.attempts, error = %e, "send failed for good");
+                        let detail = format!("delivery failed: {e}");
+                        item.last_error = Some(e.to_string());
+                        item.state = OutboxState::Dead;
+                        crate::metrics::Metrics::inc(&self.metrics.failed);
+                        if item.link.is_some() {
+                            if let Some(mut rec) = txn.record(&item.record)? {
+                                if rec.bounce(&detail, now).is_ok() {
+                                    self.save(txn, &rec)?;
+                                    Self::queue_provider_notice(&sh, txn, &rec, &detail, now)?;
+                                }
+                            }
+                        }
+                    }
+                }
+                txn.put_outbox(&item)?;
+            }
+            Ok(())
+        })?;
+        self.commit().await
+    }
+
+    /// `send-test-email ADDR`: a test message through the outbox and the configured transport.
+    pub async fn send_test_email(&self, to: &str, now: Timestamp) -> Result<Value> {
+        let sh = self.shared();
+        let to = Email::parse(to).map_err(|m| AppError::Invalid {
+            field: "to".into(),
+            message: m,
+        })?;
+        let fields = MailFieldsV1 {
+            from_name: sh.cfg.from_name.clone(),
+            recipient_email: to.to_string(),
+            ..Default::default()
+        };
+        let item = OutboxItem::queued(
+            random_ref(),
+            sh.cfg.reply_to.domain(),
+            &to,
+            "",
+            MailKind::TestEmail,
+            &sh.cfg.default_locale,
+            RecordId([0; 16]),
+            fields,
+            None,
+            now,
+        );
+        let (id, message_id) = (item.id.clone(), item.message_id.clone());
+        self.store.write(|txn| -> Result<()> {
+            txn.put_outbox(&item)?;
+            Ok(())
+        })?;
+        self.commit().await?;
+        Ok(json!({"id": id, "message_id": message_id, "to": to, "state": "queued"}))
+    }
+
+    pub fn outbox_one(&self, id: &str) -> Result<Value> {
+        let i = self
+            .store
+            .read()
+            .outbox_item(id)?
+            .ok_or_else(|| AppError::NotFound(format!("no outbox message {id}")))?;
+        Ok(
+            json!({"id": i.id, "message_id": i.message_id, "to": i.to, "kind": i.kind, "state": i.state, "attempts": i.attempts, "last_error": i.last_error}),
+        )
+    }
+
+    /// `outbox retry ID`: a dead message goes back to the queue.
+    pub async fn outbox_retry(&self, id: &str, now: Timestamp) -> Result<Value> {
+        let item = self.store.write(|txn| -> Result<OutboxItem> {
+            let mut item = txn
+                .outbox_item(id)?
+                .ok_or_else(|| AppError::NotFound(format!("no outbox message {id}")))?;
+            if item.state != OutboxState::Dead {
+                return Err(AppError::Refused(
+                    format!("outbox message {id} is {:?}, not dead", item.state).to_lowercase(),
+                ));
+            }
+            item.state = OutboxState::Queued;
+            item.next_attempt_at = now;
+            item.created_at = now;
+            txn.put_outbox(&item)?;
+            Ok(item)
+        })?;
+        self.commit().await?;
+        Ok(json!({"id": item.id, "message_id": item.message_id, "state": item.state}))
+    }
+}

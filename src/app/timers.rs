@@ -1,0 +1,59 @@
+//! Timers: expiry of what waits too long, and one reminder before an invitation expires.
+
+use super::*;
+
+impl App {
+    // ---- timers --------------------------------------------------------------------------
+
+    /// Expires and reminds whatever is due; returns how many timers ran.
+    pub async fn run_timers(&self, now: Timestamp) -> Result<usize> {
+        let sh = self.shared();
+        let due = self.store.read().due_timers(&now, 1000)?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        self.store.write(|txn| -> Result<()> {
+            for t in &due {
+                txn.remove_timer(t);
+                let Some(mut rec) = txn.record(&t.record)? else {
+                    continue;
+                };
+                match t.kind {
+                    TimerKind::Expire => {
+                        let expired = rec.expires_at.is_some_and(|e| e <= now);
+                        let expirable = matches!(
+                            rec.awaiting(),
+                            Some(
+                                Purpose::VerifyContact
+                                    | Purpose::AuthorizeProvider
+                                    | Purpose::AcceptCustomer
+                            )
+                        );
+                        if expired && expirable && rec.expire(now).is_ok() {
+                            self.save(txn, &rec)?;
+                            if rec.kind() == Kind::Enrollment {
+                                Self::queue_status(&sh, txn, &rec, "", now)?;
+                            }
+                        }
+                    }
+                    TimerKind::Remind => {
+                        let lead =
+                            to_chrono(sh.cfg.invitation_ttl.saturating_sub(sh.cfg.reminder_after));
+                        let due_now = rec.expires_at.is_some_and(|e| e > now && now >= e - lead);
+                        if rec.awaiting() == Some(Purpose::AuthorizeProvider)
+                            && !rec.reminded
+                            && due_now
+                        {
+                            rec.reminded = true;
+                            txn.put_record(&rec)?;
+                            Self::queue_link_mail(&sh, txn, &rec, true, now)?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        self.commit().await?;
+        Ok(due.len())
+    }
+}
