@@ -313,14 +313,17 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
     while !shutdown.is_cancelled() {
         let now = Utc::now();
-        let due: Vec<OutboxItem> = match app.store.read().outbox_due(&now, 1024) {
-            Ok(d) => {
-                let busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-                d.into_iter().filter(|i| !busy.contains(&i.id)).collect()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reading the outbox");
-                Vec::new()
+        // The read and the filter happen under the in-flight lock. The recorder writes a result
+        // before it takes this lock to drop the id, so an item is either still marked in flight
+        // here or already recorded in what we read — never neither, which would send it twice.
+        let due: Vec<OutboxItem> = {
+            let busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            match app.store.read().outbox_due(&now, 1024) {
+                Ok(d) => d.into_iter().filter(|i| !busy.contains(&i.id)).collect(),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the outbox");
+                    Vec::new()
+                }
             }
         };
         if due.is_empty() {

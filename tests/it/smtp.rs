@@ -221,3 +221,47 @@ fn dropped_connections_after_data_resend_the_same_message() {
         assert_eq!(copies, 1, "{e}: one copy after the drops, same Message-ID");
     }
 }
+
+#[test]
+fn a_bulk_send_delivers_each_message_exactly_once() {
+    let port = free_port();
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sink = Sink::start(port, &tmp.path().join("bulk"), &[]);
+    let mut opts = smtp_options(port);
+    opts.outbound = opts
+        .outbound
+        .map(|o| o.replace("concurrency = 2", "concurrency = 8"));
+    let d = Daemon::start(opts);
+    let n = 2000;
+    let csv = d.dir.path().join("bulk.csv");
+    let mut text = String::from("email,company,country\n");
+    for i in 0..n {
+        text.push_str(&format!("b{i}@fabrikam.test,Fabrikam {i},KR\n"));
+    }
+    std::fs::write(&csv, text).unwrap_or_else(|e| panic!("{e}"));
+    let r = d.json(&[
+        "invite",
+        "--provider",
+        "contoso-kr",
+        "--csv",
+        csv.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(r["queued"], n);
+    wait_for("all sent", Duration::from_secs(120), || {
+        d.json(&["outbox"])
+            .as_array()
+            .is_some_and(|a| a.iter().all(|i| i["state"] == "sent"))
+            .then_some(())
+    });
+    let ids = wait_for(
+        "every message in the sink's dump",
+        Duration::from_secs(30),
+        || {
+            let ids = sink.message_ids();
+            (ids.len() >= n).then_some(ids)
+        },
+    );
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), n, "every message arrived");
+    assert_eq!(ids.len(), n, "and none twice");
+}
