@@ -484,8 +484,7 @@ impl App {
                             now,
                         );
                         txn.put_record(&inv)?;
-                        Self::schedule_timers(sh, txn, &inv, now);
-                        Self::queue_link_mail(sh, txn, &inv, false, now)?;
+                        Self::open_link(sh, txn, &inv, now)?;
                     }
                 }
             }

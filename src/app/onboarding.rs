@@ -45,8 +45,7 @@ impl App {
         );
         rec.expires_at = Some(now + to_chrono(sh.cfg.invitation_ttl));
         self.save(txn, &rec)?;
-        Self::schedule_timers(sh, txn, &rec, now);
-        Self::queue_link_mail(sh, txn, &rec, false, now)?;
+        Self::open_link(sh, txn, &rec, now)?;
         Ok(InviteResult {
             id: rec.id,
             state: rec.state_str().into(),
@@ -54,7 +53,18 @@ impl App {
         })
     }
 
-    pub(super) fn schedule_timers(sh: &Shared, txn: &mut Txn, rec: &Record, now: Timestamp) {
+    /// A record's link is live: arm its expiry (and reminder) and queue the email that carries it.
+    pub(super) fn open_link(
+        sh: &Shared,
+        txn: &mut Txn,
+        rec: &Record,
+        now: Timestamp,
+    ) -> Result<()> {
+        Self::schedule_timers(sh, txn, rec, now);
+        Self::queue_link_mail(sh, txn, rec, false, now)
+    }
+
+    fn schedule_timers(sh: &Shared, txn: &mut Txn, rec: &Record, now: Timestamp) {
         if let Some(at) = rec.expires_at {
             txn.schedule(&at, &rec.id, TimerKind::Expire);
         }
@@ -100,22 +110,18 @@ impl App {
             for (line, row) in &rows {
                 let email = row.email.trim().to_string();
                 match self.invite_in(&sh, txn, p, row, channel, now) {
-                    Ok(r) if r.existing => {
-                        out.existing += 1;
-                        out.rows.push(BulkRow {
-                            line: *line,
-                            email,
-                            outcome: "existing",
-                            id: Some(r.id),
-                            reason: None,
-                        });
-                    }
                     Ok(r) => {
-                        out.queued += 1;
+                        let outcome = if r.existing {
+                            out.existing += 1;
+                            "existing"
+                        } else {
+                            out.queued += 1;
+                            "queued"
+                        };
                         out.rows.push(BulkRow {
                             line: *line,
                             email,
-                            outcome: "queued",
+                            outcome,
                             id: Some(r.id),
                             reason: None,
                         });
@@ -197,8 +203,7 @@ impl App {
             );
             rec.expires_at = Some(now + to_chrono(sh.cfg.invitation_ttl));
             self.save(txn, &rec)?;
-            Self::schedule_timers(&sh, txn, &rec, now);
-            Self::queue_link_mail(&sh, txn, &rec, false, now)?;
+            Self::open_link(&sh, txn, &rec, now)?;
             Ok(rec)
         })?;
         self.commit().await?;
@@ -258,8 +263,7 @@ impl App {
             }]
         };
         self.save(txn, &rec).map_err(store_err)?;
-        Self::schedule_timers(sh, txn, &rec, now);
-        Self::queue_link_mail(sh, txn, &rec, false, now).map_err(store_err)?;
+        Self::open_link(sh, txn, &rec, now).map_err(store_err)?;
         Ok(rec)
     }
 

@@ -127,8 +127,7 @@ impl App {
                 now,
             );
             txn.put_record(&rec)?;
-            Self::schedule_timers(&sh, txn, &rec, now);
-            Self::queue_link_mail(&sh, txn, &rec, false, now)?;
+            Self::open_link(&sh, txn, &rec, now)?;
             Ok(rec)
         })?;
         self.commit().await?;

@@ -37,15 +37,18 @@ fn app(dir: &Path) -> Arc<App> {
     Arc::new(App::new(store, shared))
 }
 
-/// Acts on a record through the link path, as a contact would.
-async fn act(app: &App, id: RecordId, purpose: Purpose, action: &str) {
-    let rec = app
-        .store
+fn record(app: &App, id: RecordId) -> invited::model::Record {
+    app.store
         .read()
         .record(&id)
         .ok()
         .flatten()
-        .unwrap_or_else(|| panic!("record"));
+        .unwrap_or_else(|| panic!("record {id}"))
+}
+
+/// Acts on a record through the link path, as a contact would.
+async fn act(app: &App, id: RecordId, purpose: Purpose, action: &str) {
+    let rec = record(app, id);
     let sh = app.shared();
     let token = sh.keys.sign(
         &Claims {
@@ -160,13 +163,7 @@ async fn setup(app: &App, purpose: &str, recipient: &str) -> RecordId {
 
 /// The `<ref>` of the message carrying the link the record now waits for.
 fn newest_ref(app: &App, id: RecordId) -> String {
-    let rec = app
-        .store
-        .read()
-        .record(&id)
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("record {id}"));
+    let rec = record(app, id);
     let items = app.store.read().outbox_all().unwrap_or_default();
     items
         .into_iter()

@@ -68,12 +68,7 @@ fn whole_loop_csv_to_customer() {
     // Exactly one email per queued row.
     let inv = d.wait_mails("minji.kim@fabrikam.test", "", 1);
     d.wait_mails("jisoo.park@northwind.test", "", 1);
-    crate::harness::wait_for("outbox drained", std::time::Duration::from_secs(20), || {
-        let o = d.json(&["outbox"]);
-        o.as_array()
-            .is_some_and(|a| a.iter().all(|i| i["state"] == "sent"))
-            .then_some(())
-    });
+    d.wait_all_sent(std::time::Duration::from_secs(20));
     assert_eq!(d.mails("minji.kim@fabrikam.test", None).len(), 1);
     assert_eq!(d.mails("jisoo.park@northwind.test", None).len(), 1);
     let all_eml = std::fs::read_dir(d.outbox_dir())

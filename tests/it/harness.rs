@@ -250,23 +250,48 @@ impl Daemon {
 
     /// Invites one reseller for contoso-kr and waits for its email; returns (record id, mail).
     pub fn invite_one(&self, email: &str, company: &str) -> (String, Mail) {
-        let r = self.json(&[
-            "invite",
-            "--provider",
-            "contoso-kr",
-            "--email",
-            email,
-            "--company",
-            company,
-            "--country",
-            "KR",
-        ]);
+        let r = self.invite(email, company);
         let id = r["id"].as_str().unwrap_or_default().to_string();
         let m = self
             .wait_mails(email, "", 1)
             .pop()
             .unwrap_or_else(|| panic!("no mail to {email}"));
         (id, m)
+    }
+
+    /// Invites every address (company "Reseller <address>", KR) from one CSV; returns the JSON answer.
+    pub fn invite_csv(&self, emails: &[String]) -> Value {
+        let csv = self.dir.path().join("bulk.csv");
+        let mut text = String::from("email,company,country\n");
+        for e in emails {
+            text.push_str(&format!("{e},Reseller {e},KR\n"));
+        }
+        std::fs::write(&csv, text).unwrap_or_else(|e| panic!("{e}"));
+        self.json(&[
+            "invite",
+            "--provider",
+            "contoso-kr",
+            "--csv",
+            csv.to_str().unwrap_or_default(),
+        ])
+    }
+
+    /// Waits until every outbox message has been handed to the transport.
+    pub fn wait_all_sent(&self, timeout: Duration) {
+        wait_for("the outbox to drain", timeout, || {
+            let o = self.json(&["outbox"]);
+            o.as_array()
+                .is_some_and(|a| a.iter().all(|i| i["state"] == "sent"))
+                .then_some(())
+        });
+    }
+
+    /// The newest history entry of a record.
+    pub fn last_transition(&self, id: &str) -> Value {
+        self.json(&["show", id])["history"]
+            .as_array()
+            .and_then(|h| h.last().cloned())
+            .unwrap_or_default()
     }
 
     pub fn state(&self, id: &str) -> String {

@@ -185,26 +185,9 @@ fn bulk_invitation_of_500_through_postfix_lands_once_each() {
         .collect();
     let ms = MailStack::start(&users);
     let d = Daemon::start(ms.options(true));
-    let csv = d.dir.path().join("bulk.csv");
-    let mut text = String::from("email,company,country\n");
-    for u in &users {
-        text.push_str(&format!("{u},Reseller {u},KR\n"));
-    }
-    std::fs::write(&csv, text).unwrap_or_else(|e| panic!("{e}"));
-    let r = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--csv",
-        csv.to_str().unwrap_or_default(),
-    ]);
+    let r = d.invite_csv(&users);
     assert_eq!(r["queued"], 500, "{}", r["rejected"]);
-    wait_for("the outbox to drain", Duration::from_secs(300), || {
-        let o = d.json(&["outbox"]);
-        o.as_array()
-            .is_some_and(|a| a.iter().all(|i| i["state"] == "sent"))
-            .then_some(())
-    });
+    d.wait_all_sent(Duration::from_secs(300));
     assert_eq!(
         d.json(&["outbox", "--dead"]).as_array().map(Vec::len),
         Some(0)
@@ -387,28 +370,8 @@ fn dovecot_restart_mid_session_reconnects_and_catches_up() {
     let users = vec!["k0@litware.test".to_string(), "k1@litware.test".to_string()];
     let ms = MailStack::start(&users);
     let d = Daemon::start(ms.options(true));
-    let r0 = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        &users[0],
-        "--company",
-        "Litware",
-        "--country",
-        "KR",
-    ]);
-    let r1 = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        &users[1],
-        "--company",
-        "Litware",
-        "--country",
-        "KR",
-    ]);
+    let r0 = d.invite(&users[0], "Litware");
+    let r1 = d.invite(&users[1], "Litware");
     let m0 = wait_inbox(&ms, &users[0], 1).remove(0);
     let m1 = wait_inbox(&ms, &users[1], 1).remove(0);
     ms.send(
@@ -482,10 +445,7 @@ fn dsn_from_postfix_makes_the_invitation_undeliverable() {
     let r = d.invite("nobody@bounce.test", "Gone Ltd");
     let id = r["id"].as_str().unwrap_or_default().to_string();
     d.wait_state(&id, "undeliverable");
-    let last = d.json(&["show", &id])["history"]
-        .as_array()
-        .and_then(|h| h.last().cloned())
-        .unwrap_or_default();
+    let last = d.last_transition(&id);
     assert_eq!(last["channel"], "bounce", "{last}");
     let inbound = d.json(&["inbound", "--outcome", "bounce"]);
     assert!(
@@ -499,10 +459,7 @@ fn dsn_from_postfix_makes_the_invitation_undeliverable() {
     let r = d.invite("unknown@fabrikam.test", "Fabrikam");
     let id = r["id"].as_str().unwrap_or_default().to_string();
     d.wait_state(&id, "undeliverable");
-    let last = d.json(&["show", &id])["history"]
-        .as_array()
-        .and_then(|h| h.last().cloned())
-        .unwrap_or_default();
+    let last = d.last_transition(&id);
     assert!(
         last["detail"].as_str().unwrap_or("").contains("550"),
         "{last}"
@@ -517,17 +474,7 @@ fn spoofed_auto_and_unauthenticated_replies_change_nothing() {
     ];
     let ms = MailStack::start(&users);
     let d = Daemon::start(ms.options(true));
-    let r = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--email",
-        &users[0],
-        "--company",
-        "Adatum",
-        "--country",
-        "KR",
-    ]);
+    let r = d.invite(&users[0], "Adatum");
     let id = r["id"].as_str().unwrap_or_default().to_string();
     let m = wait_inbox(&ms, &users[0], 1).remove(0);
     // spoofed: another From, with DMARC pass for its own domain

@@ -145,10 +145,7 @@ fn permanent_failure_makes_the_record_undeliverable_and_notifies_the_provider() 
     let r = d.invite("nobody@fabrikam.test", "Fabrikam");
     let id = r["id"].as_str().unwrap_or_default().to_string();
     d.wait_state(&id, "undeliverable");
-    let last = d.json(&["show", &id])["history"]
-        .as_array()
-        .and_then(|h| h.last().cloned())
-        .unwrap_or_default();
+    let last = d.last_transition(&id);
     assert!(
         last["detail"].as_str().unwrap_or("").contains("5"),
         "the server's reply is in the history: {last}"
@@ -233,26 +230,10 @@ fn a_bulk_send_delivers_each_message_exactly_once() {
         .map(|o| o.replace("concurrency = 2", "concurrency = 8"));
     let d = Daemon::start(opts);
     let n = 2000;
-    let csv = d.dir.path().join("bulk.csv");
-    let mut text = String::from("email,company,country\n");
-    for i in 0..n {
-        text.push_str(&format!("b{i}@fabrikam.test,Fabrikam {i},KR\n"));
-    }
-    std::fs::write(&csv, text).unwrap_or_else(|e| panic!("{e}"));
-    let r = d.json(&[
-        "invite",
-        "--provider",
-        "contoso-kr",
-        "--csv",
-        csv.to_str().unwrap_or_default(),
-    ]);
+    let emails: Vec<String> = (0..n).map(|i| format!("b{i}@fabrikam.test")).collect();
+    let r = d.invite_csv(&emails);
     assert_eq!(r["queued"], n);
-    wait_for("all sent", Duration::from_secs(120), || {
-        d.json(&["outbox"])
-            .as_array()
-            .is_some_and(|a| a.iter().all(|i| i["state"] == "sent"))
-            .then_some(())
-    });
+    d.wait_all_sent(Duration::from_secs(120));
     let ids = wait_for(
         "every message in the sink's dump",
         Duration::from_secs(30),
