@@ -140,6 +140,8 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // colour codes only for a person at a terminal, never into a file or the journal
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -158,7 +160,7 @@ pub fn main() -> ExitCode {
             if json_out {
                 println!("{}", json!({"error": format!("{e:#}")}));
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::text::escape_controls(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -167,6 +169,8 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let path = Config::locate(cli.config.as_deref());
     if let Command::Serve = cli.command {
+        // before anything is created: store, outbox, keys and socket are the daemon's alone
+        crate::private::restrict_umask();
         return crate::daemon::serve(&path).await;
     }
     let cfg = Config::load(&path)?;
@@ -193,14 +197,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.http_listen, cfg.public_url
             );
             println!("  admin socket  {}", cfg.admin_socket.display());
-            println!(
-                "  outbound      {}",
-                summary["outbound"].as_str().unwrap_or("")
-            );
-            println!(
-                "  inbound       {}",
-                summary["inbound"].as_str().unwrap_or("")
-            );
+            println!("  outbound      {}", esc(&summary["outbound"], ""));
+            println!("  inbound       {}", esc(&summary["inbound"], ""));
             println!(
                 "  providers     {}",
                 cfg.providers
@@ -236,11 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     "invited"
                 };
-                println!(
-                    "{verb}: {} ({})",
-                    v["id"].as_str().unwrap_or(""),
-                    v["state"].as_str().unwrap_or("")
-                );
+                println!("{verb}: {} ({})", esc(&v["id"], ""), esc(&v["state"], ""));
             }
             v
         }
@@ -353,12 +347,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for i in v.as_array().into_iter().flatten() {
                     println!(
                         "{}  {:<6} {:<22} {:<32} attempts={} {}",
-                        i["id"].as_str().unwrap_or(""),
-                        i["state"].as_str().unwrap_or(""),
-                        i["kind"].as_str().unwrap_or(""),
-                        i["to"].as_str().unwrap_or(""),
+                        esc(&i["id"], ""),
+                        esc(&i["state"], ""),
+                        esc(&i["kind"], ""),
+                        esc(&i["to"], ""),
                         i["attempts"],
-                        i["last_error"].as_str().unwrap_or("")
+                        esc(&i["last_error"], "")
                     );
                 }
                 println!("{} message(s)", v.as_array().map(Vec::len).unwrap_or(0));
@@ -374,11 +368,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for i in v.as_array().into_iter().flatten() {
                     println!(
                         "{}  {:<12} {:<28} {}  {}",
-                        i["received_at"].as_str().unwrap_or(""),
-                        i["outcome"].as_str().unwrap_or(""),
-                        i["record"].as_str().unwrap_or("-"),
-                        i["from"].as_str().unwrap_or(""),
-                        i["effect"].as_str().unwrap_or("")
+                        esc(&i["received_at"], ""),
+                        esc(&i["outcome"], ""),
+                        esc(&i["record"], "-"),
+                        esc(&i["from"], ""),
+                        esc(&i["effect"], "")
                     );
                 }
             }
@@ -405,12 +399,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 match last["state"].as_str() {
                     Some("sent") => println!(
                         "sent to {address} (Message-ID <{}>)",
-                        last["message_id"].as_str().unwrap_or("")
+                        esc(&last["message_id"], "")
                     ),
                     Some(state) => println!(
                         "{state} after {} attempt(s): {}",
                         last["attempts"],
-                        last["last_error"].as_str().unwrap_or("")
+                        esc(&last["last_error"], "")
                     ),
                     None => {}
                 }
@@ -418,7 +412,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if last["state"] == "dead" {
                 anyhow::bail!(
                     "the test email to {address} failed: {}",
-                    last["last_error"].as_str().unwrap_or("")
+                    esc(&last["last_error"], "")
                 );
             }
             last
@@ -567,14 +561,20 @@ async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow
                 println!(
                     "line {}: {}: {}",
                     r["line"],
-                    r["email"].as_str().unwrap_or(""),
-                    r["reason"].as_str().unwrap_or("")
+                    esc(&r["email"], ""),
+                    esc(&r["reason"], "")
                 );
             }
         }
         println!("{queued} queued, {existing} already invited, {rejected} rejected ({total} rows)");
     }
     Ok(v)
+}
+
+/// A string field of an answer, with control characters and bidi overrides made visible: names,
+/// senders and server replies come from outside and must not steer the terminal.
+fn esc<'a>(v: &'a Value, default: &'a str) -> std::borrow::Cow<'a, str> {
+    crate::text::escape_controls(v.as_str().unwrap_or(default))
 }
 
 fn print_record(v: &Value) {
@@ -593,12 +593,11 @@ fn print_record(v: &Value) {
         "expires_at",
     ] {
         if let Some(x) = v.get(k).filter(|x| !x.is_null()) {
-            println!(
-                "{k:<13} {}",
-                x.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| x.to_string())
-            );
+            let text = x
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| x.to_string());
+            println!("{k:<13} {}", crate::text::escape_controls(&text));
         }
     }
     if let Some(rel) = v
@@ -609,7 +608,7 @@ fn print_record(v: &Value) {
         println!(
             "relationships {}",
             rel.iter()
-                .map(|r| r["kind"].as_str().unwrap_or("").to_string())
+                .map(|r| esc(&r["kind"], "").to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -619,11 +618,11 @@ fn print_record(v: &Value) {
         for t in h {
             println!(
                 "  {}  {:>20} -> {:<20} {:<6} {}",
-                t["at"].as_str().unwrap_or(""),
-                t["from"].as_str().unwrap_or(""),
-                t["to"].as_str().unwrap_or(""),
-                t["channel"].as_str().unwrap_or(""),
-                t["detail"].as_str().unwrap_or("")
+                esc(&t["at"], ""),
+                esc(&t["from"], ""),
+                esc(&t["to"], ""),
+                esc(&t["channel"], ""),
+                esc(&t["detail"], "")
             );
         }
     }
@@ -634,20 +633,25 @@ fn print_table(v: &Value) {
     for r in &rows {
         println!(
             "{}  {:<22} {:<20} {:<32} {:<14} {}",
-            r["id"].as_str().unwrap_or(""),
-            r["kind"].as_str().unwrap_or(""),
-            r["state"].as_str().unwrap_or(""),
-            r["email"].as_str().unwrap_or(""),
-            r["provider"].as_str().unwrap_or("-"),
-            r["company"].as_str().unwrap_or("")
+            esc(&r["id"], ""),
+            esc(&r["kind"], ""),
+            esc(&r["state"], ""),
+            esc(&r["email"], ""),
+            esc(&r["provider"], "-"),
+            esc(&r["company"], "")
         );
     }
     println!("{} record(s)", rows.len());
 }
 
-/// A cell that a spreadsheet would run as a formula gets a leading apostrophe.
+/// A cell that a spreadsheet would run as a formula gets a leading apostrophe: one starting with
+/// `= + - @` (or their fullwidth forms, which some spreadsheets fold to ASCII), a tab or CR, also
+/// when zero-width characters stand in front of them.
 pub fn csv_safe(s: &str) -> String {
-    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    let zero_width = |c: char| matches!(c, '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}');
+    let visible = s.trim_start_matches(zero_width);
+    let formula = ['=', '+', '-', '@', '\t', '\r', '＝', '＋', '－', '＠'];
+    if visible.starts_with(formula) {
         format!("'{s}")
     } else {
         s.to_string()
@@ -690,5 +694,19 @@ mod tests {
         assert_eq!(super::csv_safe("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
         assert_eq!(super::csv_safe("@SUM(A1)"), "'@SUM(A1)");
         assert_eq!(super::csv_safe("Fabrikam"), "Fabrikam");
+        assert_eq!(super::csv_safe("-1"), "'-1");
+        for fullwidth in ["＝1+1", "＋1", "－1", "＠SUM(A1)"] {
+            assert_eq!(super::csv_safe(fullwidth), format!("'{fullwidth}"));
+        }
+        for hidden in [
+            "\u{200b}=1+1",
+            "\u{feff}@SUM(A1)",
+            "\u{200d}\u{2060}+1",
+            "\u{200c}-1",
+        ] {
+            assert_eq!(super::csv_safe(hidden), format!("'{hidden}"));
+        }
+        assert_eq!(super::csv_safe("\u{200b}Fabrikam"), "\u{200b}Fabrikam");
+        assert_eq!(super::csv_safe("A=1"), "A=1");
     }
 }

@@ -156,6 +156,53 @@ impl Header for AutoSubmitted {
     }
 }
 
+/// The Subject. Company and provider names are typed by other people: a name shaped like an
+/// RFC 2047 encoded word (`=?utf-8?b?…?=`) would be decoded by the reader's mail client into
+/// other text if written as it is. Such a subject is sent wholly encoded (UTF-8, base64 words),
+/// which clients decode once, back to exactly the characters typed; any other subject is left to
+/// lettre's usual encoding.
+#[derive(Clone)]
+struct Subject(String);
+impl Header for Subject {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Subject")
+    }
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Subject(s.to_string()))
+    }
+    fn display(&self) -> HeaderValue {
+        if self.0.contains("=?") {
+            HeaderValue::dangerous_new_pre_encoded(
+                Self::name(),
+                self.0.clone(),
+                encoded_words(&self.0),
+            )
+        } else {
+            lettre::message::header::Subject::from(self.0.clone()).display()
+        }
+    }
+}
+
+/// `text` as RFC 2047 base64 encoded words of at most 36 bytes of UTF-8 each (60 characters, so
+/// "Subject: " and one word fit a 76-character line), split on character boundaries and folded.
+fn encoded_words(text: &str) -> String {
+    let mut words = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + 36).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let chunk = &text.as_bytes()[start..end];
+        words.push(format!(
+            "=?utf-8?b?{}?=",
+            data_encoding::BASE64.encode(chunk)
+        ));
+        start = end;
+    }
+    words.join("\r\n ")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error(transparent)]
@@ -250,7 +297,7 @@ impl Sender<'_> {
             .from(from)
             .reply_to(reply_to)
             .to(to)
-            .subject(rendered.subject)
+            .header(Subject(rendered.subject))
             .message_id(Some(format!("<{}>", item.message_id)))
             .header(AutoSubmitted)
             .multipart(MultiPart::alternative_plain_html(
@@ -258,5 +305,53 @@ impl Sender<'_> {
                 rendered.html,
             ))
             .map_err(|e| BuildError::Message(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_word_shaped_subjects_decode_to_what_was_typed() {
+        for subject in [
+            "Contoso asks =?utf-8?b?QWRtaW4=?= to authorize it",
+            "=?UTF-8?Q?x?= 한국어 이름과 =?iso-8859-1?q?=E9?= 그리고 아주 긴 회사 이름이 있는 제목입니다",
+            "a=?",
+        ] {
+            let mut headers = lettre::message::header::Headers::new();
+            headers.set(Subject(subject.to_string()));
+            let raw = format!("{headers}\r\nbody\r\n");
+            assert!(
+                raw.lines().all(|l| l.len() <= 76),
+                "lines stay short: {raw}"
+            );
+            let parsed = mail_parser::MessageParser::default()
+                .parse(raw.as_bytes())
+                .unwrap_or_else(|| panic!("parse {raw}"));
+            assert_eq!(parsed.subject(), Some(subject), "{raw}");
+        }
+        let mut headers = lettre::message::header::Headers::new();
+        headers.set(Subject("Plain subject".into()));
+        assert_eq!(headers.to_string(), "Subject: Plain subject\r\n");
+    }
+
+    #[test]
+    fn encoded_word_shaped_display_names_are_encoded() {
+        let name = "=?utf-8?b?QWRtaW4=?=";
+        let mb = Mailbox::new(
+            Some(name.into()),
+            "a@b.test".parse().unwrap_or_else(|e| panic!("{e}")),
+        );
+        let mut headers = lettre::message::header::Headers::new();
+        headers.set(lettre::message::header::To::from(
+            lettre::message::Mailboxes::from(mb),
+        ));
+        let raw = format!("{headers}\r\nbody\r\n");
+        let parsed = mail_parser::MessageParser::default()
+            .parse(raw.as_bytes())
+            .unwrap_or_else(|| panic!("parse {raw}"));
+        let to = parsed.to().and_then(|a| a.first()).and_then(|a| a.name());
+        assert_eq!(to, Some(name), "{raw}");
     }
 }

@@ -35,7 +35,7 @@ impl Transport {
     pub fn from_config(outbound: &Outbound, concurrency: usize) -> anyhow::Result<Transport> {
         Ok(match outbound {
             Outbound::File { dir } => {
-                std::fs::create_dir_all(dir)
+                crate::private::create_dir(dir)
                     .map_err(|e| anyhow::anyhow!("mail.outbound.dir {}: {e}", dir.display()))?;
                 Transport::File { dir: dir.clone() }
             }
@@ -275,7 +275,8 @@ fn write_eml(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(), Send
     use std::io::Write;
     let io = |e: std::io::Error| SendError::Transient(format!("writing to {}: {e}", dir.display()));
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    // 0600: the message carries a live link token
+    let mut f = crate::private::create_file(&tmp, false).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, dir.join(format!("{name}.eml"))).map_err(io)?;

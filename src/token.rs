@@ -222,17 +222,10 @@ fn create_key_file(path: &Path) -> Result<(), KeyError> {
         message: e.to_string(),
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        crate::private::create_dir(dir).map_err(err)?;
     }
     let key: [u8; 32] = crate::model::random_bytes();
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(err)?;
+    let mut f = crate::private::create_file(path, true).map_err(err)?;
     f.write_all(data_encoding::HEXLOWER.encode(&key).as_bytes())
         .map_err(err)?;
     f.write_all(b"\n").map_err(err)?;

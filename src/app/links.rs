@@ -76,11 +76,15 @@ impl App {
             let Some(mut rec) = txn.record(&record.id)? else {
                 return Ok(PostOutcome::Invalid);
             };
+            // Each purpose takes exactly its own action words (DESIGN, HTTP): "confirm" on an
+            // agreement link must not stand in for "accept" and skip the consent it needs.
             let action = match (purpose, form.action.as_str()) {
-                (_, "confirm") => Action::Confirm,
-                (_, "accept") => Action::Accept,
-                (_, "authorize") => Action::Authorize,
-                (_, "decline") => Action::Decline,
+                (Purpose::VerifyContact, "confirm") => Action::Confirm,
+                (Purpose::AcceptAgreement | Purpose::AcceptCustomer, "accept") => Action::Accept,
+                (Purpose::AuthorizeProvider, "authorize") => Action::Authorize,
+                (Purpose::AuthorizeProvider | Purpose::AcceptCustomer, "decline") => {
+                    Action::Decline
+                }
                 (Purpose::AuthorizeProvider, "enroll") => {
                     if Self::active_enrollment(txn, rec.recipient())?.is_some() {
                         return Ok(PostOutcome::NotDone {
@@ -120,13 +124,7 @@ impl App {
                     })
                 }
             };
-            let needs_consent = matches!(
-                (purpose, action),
-                (Purpose::AuthorizeProvider, Action::Authorize)
-                    | (Purpose::AcceptAgreement, Action::Accept)
-                    | (Purpose::AcceptCustomer, Action::Accept)
-            );
-            if needs_consent && !form.consent {
+            if action.needs_consent() && !form.consent {
                 return Ok(PostOutcome::ConsentMissing {
                     record: rec,
                     purpose,

@@ -81,6 +81,14 @@ pub enum Action {
     Decline,
 }
 
+impl Action {
+    /// Acting actions need the consent checkbox on a link page (`consent=on`); confirming one's
+    /// own address and declining do not. A reply is its own consent.
+    pub fn needs_consent(self) -> bool {
+        matches!(self, Action::Accept | Action::Authorize)
+    }
+}
+
 /// Why an action did not happen (the record is unchanged).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotDone {
@@ -449,7 +457,7 @@ impl App {
             _ => "",
         };
         match (purpose, action) {
-            (Purpose::VerifyContact, Action::Confirm | Action::Accept) => {
+            (Purpose::VerifyContact, Action::Confirm) => {
                 rec.set_enrollment(
                     EnrollmentState::InReview,
                     channel,
@@ -459,7 +467,7 @@ impl App {
                 self.save(txn, rec)?;
                 Self::queue_status(sh, txn, rec, "", now)?;
             }
-            (Purpose::AcceptAgreement, Action::Accept | Action::Confirm) => {
+            (Purpose::AcceptAgreement, Action::Accept) => {
                 rec.set_enrollment(
                     EnrollmentState::Active,
                     channel,
@@ -488,7 +496,7 @@ impl App {
                     }
                 }
             }
-            (Purpose::AuthorizeProvider, Action::Authorize | Action::Accept | Action::Confirm) => {
+            (Purpose::AuthorizeProvider, Action::Authorize) => {
                 let Some(enrollment) = Self::active_enrollment(txn, rec.recipient())? else {
                     return Ok(Some(NotDone::NeedsEnrollment));
                 };
@@ -527,7 +535,7 @@ impl App {
                 self.save(txn, rec)?;
                 Self::queue_provider_notice(sh, txn, rec, "", now)?;
             }
-            (Purpose::AcceptCustomer, Action::Accept | Action::Confirm) => {
+            (Purpose::AcceptCustomer, Action::Accept) => {
                 rec.set_customer(CustomerState::Accepted, channel, &format!("customer accepted {via}: reseller-customer and provider-customer relationships created"), now)?;
                 self.save(txn, rec)?;
             }

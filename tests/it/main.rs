@@ -3,6 +3,7 @@
 mod corpus;
 mod crash;
 mod flow;
+mod hardening;
 mod harness;
 mod mailstack;
 mod smtp;
