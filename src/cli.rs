@@ -134,9 +134,16 @@ enum OutboxOp {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("INVITED_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,lettre=info,sled=warn,hyper=warn")
-    });
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("INVITED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn,hyper=warn"));
+    // Whatever INVITED_LOG asks for, these libraries stay at info: at debug handlebars logs the
+    // rendered text (with the link token), lettre the whole message and the AUTH line, the IMAP
+    // stack the LOGIN command.
+    for quiet in ["handlebars", "lettre", "async_imap", "imap_proto"] {
+        if let Ok(d) = format!("{quiet}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -155,7 +162,7 @@ pub fn main() -> ExitCode {
     };
     let json_out = cli.json;
     match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             if json_out {
                 println!("{}", json!({"error": format!("{e:#}")}));
@@ -166,12 +173,29 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Exit code of a bulk invitation in which some rows were rejected (the good rows are queued).
+const EXIT_ROWS_REJECTED: u8 = 3;
+
+/// An id given on the command line, checked before the daemon is asked: record and outbox ids
+/// are 26 base32 characters as the lists print them (or 32 hex digits). A README placeholder
+/// such as `<enrollment-id>` is named as such instead of failing deep inside the request.
+fn id_arg<'a>(what: &str, id: &'a str) -> anyhow::Result<&'a str> {
+    if crate::model::RecordId::parse(id).is_some() {
+        return Ok(id.trim());
+    }
+    anyhow::bail!(
+        "{what} {:?} is not an id: ids are 26 letters and digits as `invited list …` prints them (or 32 hex digits)",
+        crate::text::escape_controls(id)
+    )
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
     let path = Config::locate(cli.config.as_deref());
     if let Command::Serve = cli.command {
         // before anything is created: store, outbox, keys and socket are the daemon's alone
         crate::private::restrict_umask();
-        return crate::daemon::serve(&path).await;
+        crate::daemon::serve(&path).await?;
+        return Ok(0);
     }
     let cfg = Config::load(&path)?;
     if let Command::CheckConfig = cli.command {
@@ -208,12 +232,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .join(", ")
             );
         }
-        return Ok(());
+        return Ok(0);
     }
     let sock = cfg.admin_socket.clone();
     let j = cli.json;
+    let mut code = 0;
     let out = match cli.command {
-        Command::Serve | Command::CheckConfig => return Ok(()),
+        Command::Serve | Command::CheckConfig => return Ok(0),
         Command::Invite {
             provider,
             email: Some(email),
@@ -242,7 +267,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             provider,
             csv: Some(file),
             ..
-        } => invite_csv(&sock, &provider, &file, j).await?,
+        } => {
+            let v = invite_csv(&sock, &provider, &file, j).await?;
+            if v["rejected"].as_u64().unwrap_or(0) > 0 {
+                code = EXIT_ROWS_REJECTED;
+            }
+            v
+        }
         Command::Invite { .. } => anyhow::bail!("invite needs --email or --csv"),
         Command::Enroll { file } => {
             let body = read_enrollment(&file)?;
@@ -253,17 +284,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             v
         }
         Command::Review { decision } => {
-            let (id, path, body) = match decision {
-                Review::Approve { id } => {
-                    (id.clone(), format!("/v1/review/{id}/approve"), json!({}))
-                }
+            let (path, body) = match decision {
+                Review::Approve { id } => (
+                    format!("/v1/review/{}/approve", id_arg("enrollment id", &id)?),
+                    json!({}),
+                ),
                 Review::Reject { id, reason } => (
-                    id.clone(),
-                    format!("/v1/review/{id}/reject"),
+                    format!("/v1/review/{}/reject", id_arg("enrollment id", &id)?),
                     json!({"reason": reason}),
                 ),
             };
-            let _ = id;
             let v = call(&sock, "POST", &path, Some(&body)).await?;
             if !j {
                 print_record(&v);
@@ -314,7 +344,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             v
         }
         Command::Show { id } => {
-            let v = call(&sock, "GET", &format!("/v1/records/{}", enc(&id)), None).await?;
+            let id = id_arg("record id", &id)?;
+            let v = call(&sock, "GET", &format!("/v1/records/{id}"), None).await?;
             if !j {
                 print_record(&v);
             }
@@ -329,13 +360,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             op: Some(OutboxOp::Retry { id }),
             ..
         } => {
-            let v = call(
-                &sock,
-                "POST",
-                &format!("/v1/outbox/{}/retry", enc(&id)),
-                None,
-            )
-            .await?;
+            let id = id_arg("outbox item id", &id)?;
+            let v = call(&sock, "POST", &format!("/v1/outbox/{id}/retry"), None).await?;
             if !j {
                 println!("requeued {}", id);
             }
@@ -424,13 +450,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "csv" => print!("{}", export_csv(&v)?),
                 other => anyhow::bail!("--format {other:?} is not csv or json"),
             }
-            return Ok(());
+            return Ok(0);
         }
     };
     if j {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
-    Ok(())
+    Ok(code)
 }
 
 async fn call(
@@ -452,7 +478,8 @@ async fn call(
 }
 
 async fn record_op(sock: &Path, id: &str, op: &str, j: bool) -> anyhow::Result<Value> {
-    let v = call(sock, "POST", &format!("/v1/records/{}/{op}", enc(id)), None).await?;
+    let id = id_arg("record id", id)?;
+    let v = call(sock, "POST", &format!("/v1/records/{id}/{op}"), None).await?;
     if !j {
         print_record(&v);
     }
@@ -486,11 +513,14 @@ fn read_enrollment(file: &Path) -> anyhow::Result<Value> {
 const CHUNK: usize = 2000;
 
 async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow::Result<Value> {
+    let data = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_path(file)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        .from_reader(&data[..]);
+    // The line a row starts on, counted from its byte offset: the csv crate's own line count
+    // is one short per row in a file with CRLF endings (as Excel saves it).
+    let mut lines = LineCounter::default();
     let headers: Vec<String> = rdr
         .headers()
         .map_err(|e| anyhow::anyhow!("{}: header row: {e}", file.display()))?
@@ -511,12 +541,12 @@ async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow
     for rec in rdr.records() {
         match rec {
             Ok(r) => {
-                let line = r.position().map(|p| p.line()).unwrap_or(0);
+                let line = lines.line_at(&data, r.position().map_or(0, |p| p.byte()));
                 let get = |i: Option<usize>| i.and_then(|i| r.get(i)).unwrap_or("").to_string();
                 rows.push(json!({"line": line, "email": get(Some(ce)), "company": get(Some(cc)), "country": get(Some(cn)), "contact_name": get(cname), "locale": get(cloc)}));
             }
             Err(e) => {
-                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                let line = lines.line_at(&data, e.position().map_or(0, |p| p.byte()));
                 local_rejects.push(json!({"line": line, "email": "", "outcome": "rejected", "reason": format!("unreadable CSV row: {e}")}));
             }
         }
@@ -557,13 +587,16 @@ async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow
     let v = json!({"queued": queued, "existing": existing, "rejected": rejected, "rows": out_rows});
     if !j {
         for r in v["rows"].as_array().into_iter().flatten() {
-            if r["outcome"] == "rejected" {
-                println!(
-                    "line {}: {}: {}",
-                    r["line"],
-                    esc(&r["email"], ""),
-                    esc(&r["reason"], "")
-                );
+            let (line, email) = (&r["line"], esc(&r["email"], ""));
+            match r["outcome"].as_str() {
+                Some("rejected") => println!("line {line}: {email}: {}", esc(&r["reason"], "")),
+                Some("existing") => {
+                    println!(
+                        "line {line}: {email}: already invited ({})",
+                        esc(&r["id"], "")
+                    )
+                }
+                _ => {}
             }
         }
         println!("{queued} queued, {existing} already invited, {rejected} rejected ({total} rows)");
@@ -575,6 +608,33 @@ async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow
 /// senders and server replies come from outside and must not steer the terminal.
 fn esc<'a>(v: &'a Value, default: &'a str) -> std::borrow::Cow<'a, str> {
     crate::text::escape_controls(v.as_str().unwrap_or(default))
+}
+
+/// Turns byte offsets of a file read front to back into 1-based line numbers, counting each
+/// `\n` once (so CRLF and LF files number their lines alike).
+#[derive(Default)]
+struct LineCounter {
+    offset: usize,
+    newlines: u64,
+}
+
+impl LineCounter {
+    fn line_at(&mut self, data: &[u8], offset: u64) -> u64 {
+        let mut offset = (offset as usize).min(data.len());
+        // a record may be reported as starting on the terminator before it (the LF of a CRLF)
+        while matches!(data.get(offset), Some(b'\r' | b'\n')) {
+            offset += 1;
+        }
+        if offset >= self.offset {
+            let seen = &data[self.offset..offset];
+            self.newlines += seen.iter().filter(|&&b| b == b'\n').count() as u64;
+        } else {
+            // not expected (rows come in order), but stay right if it happens
+            self.newlines = data[..offset].iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        self.offset = offset;
+        self.newlines + 1
+    }
 }
 
 fn print_record(v: &Value) {

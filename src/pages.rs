@@ -83,6 +83,9 @@ pub fn context(
                 .cfg
                 .provider(&a.provider)
                 .is_some_and(|p| p.markets.contains(&a.country));
+            // the enrollment form starts with the name the provider's CSV gave
+            c.values
+                .insert("contact_name".into(), a.contact_name.clone());
         }
         c.values.insert("company".into(), c.company.clone());
         c.values.insert("country".into(), c.country.clone());
@@ -199,6 +202,13 @@ pub fn result_text(
                 } else {
                     format!("Your company's country ({country}) is not in this provider's markets ({markets}).")
                 },
+            ),
+            NotDone::ProviderNotAuthorized => (
+                t("Cannot accept this invitation", "이 초대를 수락할 수 없습니다"),
+                t(
+                    "The reseller no longer works with this provider, so the invitation is no longer valid. Nothing was changed.",
+                    "리셀러가 더 이상 이 공급자와 협력하지 않으므로 초대가 유효하지 않습니다. 변경된 내용은 없습니다.",
+                ),
             ),
             NotDone::NoDecline => (
                 t("Nothing to decline", "거절할 항목이 없습니다"),

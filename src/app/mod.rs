@@ -94,9 +94,14 @@ impl Action {
 pub enum NotDone {
     NotAwaiting,
     NeedsEnrollment,
-    NotInMarkets { country: String, markets: String },
+    NotInMarkets {
+        country: String,
+        markets: String,
+    },
     NoDecline,
     WrongAction,
+    /// A customer invitation whose reseller no longer authorizes the provider.
+    ProviderNotAuthorized,
 }
 
 impl NotDone {
@@ -113,6 +118,10 @@ impl NotDone {
                 )
             }
             NotDone::NoDecline => "there is nothing to decline for this record".into(),
+            NotDone::ProviderNotAuthorized => {
+                "the reseller no longer authorizes this provider, so the invitation cannot be accepted"
+                    .into()
+            }
             NotDone::WrongAction => "this action does not apply to this link".into(),
         }
     }
@@ -534,8 +543,21 @@ impl App {
                 )?;
                 self.save(txn, rec)?;
                 Self::queue_provider_notice(sh, txn, rec, "", now)?;
+                self.revoke_pending_customers(txn, rec, channel, now)?;
             }
             (Purpose::AcceptCustomer, Action::Accept) => {
+                // the provider must still be authorized now, not only when the invitation went out
+                let authorization = match rec.customer() {
+                    Some(c) => txn.record(&c.authorization)?,
+                    None => None,
+                };
+                let authorized = authorization
+                    .as_ref()
+                    .and_then(Record::authorization)
+                    .is_some_and(|a| a.state == AuthorizationState::Authorized);
+                if !authorized {
+                    return Ok(Some(NotDone::ProviderNotAuthorized));
+                }
                 rec.set_customer(CustomerState::Accepted, channel, &format!("customer accepted {via}: reseller-customer and provider-customer relationships created"), now)?;
                 self.save(txn, rec)?;
             }
@@ -554,6 +576,40 @@ impl App {
             _ => return Ok(Some(NotDone::WrongAction)),
         }
         Ok(None)
+    }
+}
+
+impl App {
+    /// Revokes the customer invitations still waiting on `authorization`, which has just stopped
+    /// being authorized (revoked or declined): a customer is invited for a reseller and its
+    /// provider together, which needs that provider authorized (DESIGN, customer invitation).
+    pub(super) fn revoke_pending_customers(
+        &self,
+        txn: &mut Txn,
+        authorization: &Record,
+        channel: Channel,
+        now: Timestamp,
+    ) -> Result<usize> {
+        let Some(provider) = authorization.provider() else {
+            return Ok(0);
+        };
+        let detail = format!(
+            "revoked: the provider authorization {} was {}",
+            authorization.id,
+            authorization.state_str()
+        );
+        let mut revoked = 0;
+        for mut customer in txn.records_for_provider(provider)? {
+            let waiting = customer.customer().is_some_and(|c| {
+                c.authorization == authorization.id && c.state == CustomerState::Invited
+            });
+            if waiting {
+                customer.set_customer(CustomerState::Revoked, channel, &detail, now)?;
+                self.save(txn, &customer)?;
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
     }
 }
 

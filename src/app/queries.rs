@@ -47,6 +47,9 @@ impl App {
                 });
             }
         }
+        if let Some(p) = provider {
+            Self::provider(&self.shared(), p)?;
+        }
         let read = self.store.read();
         let records = match provider {
             Some(p) => read.records_for_provider(p)?,
@@ -61,6 +64,7 @@ impl App {
     }
 
     pub fn resellers(&self, provider: &str) -> Result<Vec<Value>> {
+        Self::provider(&self.shared(), provider)?;
         let read = self.store.read();
         let mut out = Vec::new();
         for r in read.records_for_provider(provider)? {
@@ -144,6 +148,9 @@ impl App {
                 Kind::Enrollment => return Err(AppError::Refused(format!("{id} is an enrollment; enrollments are rejected with `review reject`, not revoked"))),
             }
             self.save(txn, &rec)?;
+            if rec.kind() == Kind::ProviderAuthorization {
+                self.revoke_pending_customers(txn, &rec, channel, now)?;
+            }
             Ok(rec)
         })?;
         self.commit().await?;

@@ -25,8 +25,14 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, '..', '..');
 const BIN = process.env.INVITED_BIN || path.join(REPO, 'target', 'debug', 'invited');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const ARTIFACTS = path.resolve(process.env.ARTIFACTS_DIR || path.join(HERE, 'artifacts'));
-const SHOTS = path.join(REPO, 'docs', 'screenshots');
+const ARTIFACTS = path.resolve(
+  process.env.ARTIFACTS_DIR || path.join(REPO, 'target', 'browser-artifacts'),
+);
+// The README's screenshots are tracked files: a test run writes its copies beside the other
+// artifacts, and only `UPDATE_SCREENSHOTS=1 tests/browser/run` replaces docs/screenshots/.
+const SHOTS = process.env.UPDATE_SCREENSHOTS === '1'
+  ? path.join(REPO, 'docs', 'screenshots')
+  : path.join(ARTIFACTS, 'screenshots');
 const TIME_LIMIT_MS = Number(process.env.BROWSER_TEST_TIME_LIMIT || 180) * 1000;
 const STEP_TIMEOUT_MS = 20000;
 const CHROMIUM_ARGS = [

@@ -200,6 +200,12 @@ impl Daemon {
 
     /// Runs the CLI; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let (code, out, err) = self.cli_code(args);
+        (code == Some(0), out, err)
+    }
+
+    /// Runs the CLI; returns (exit code, stdout, stderr).
+    pub fn cli_code(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let out = Command::new(BIN)
             .arg("--config")
             .arg(&self.config)
@@ -208,17 +214,20 @@ impl Daemon {
             .output()
             .unwrap_or_else(|e| panic!("{e}"));
         (
-            out.status.success(),
+            out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
 
+    /// The JSON answer of a command that succeeded, or of a bulk invitation that rejected some
+    /// rows (exit 3: the answer is still the whole report).
     pub fn cli_ok(&self, args: &[&str]) -> Result<Value, String> {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
-        let (ok, out, err) = self.cli(&a);
-        if !ok {
+        let (code, out, err) = self.cli_code(&a);
+        let bulk_with_rejects = code == Some(3) && args.contains(&"--csv");
+        if code != Some(0) && !bulk_with_rejects {
             return Err(format!("{err}{out}"));
         }
         serde_json::from_str(&out).map_err(|e| format!("bad JSON {e}: {out}"))

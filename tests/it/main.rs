@@ -1,7 +1,9 @@
 //! The one integration-test binary: the daemon driven through its real edges.
 
+mod cli;
 mod corpus;
 mod crash;
+mod domain;
 mod flow;
 mod hardening;
 mod harness;
