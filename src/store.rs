@@ -22,7 +22,18 @@ pub enum StoreError {
     },
     #[error("store: {0}")]
     Other(String),
+    #[error(
+        "store format {found} is newer than this invited {version} understands (format {FORMAT}): \
+         run the newer invited, or restore a backup made by this version into an empty directory"
+    , version = env!("CARGO_PKG_VERSION"))]
+    TooNew { found: u32 },
 }
+
+/// The key layout this binary reads and writes, recorded under `k/format`. Format 1 is what
+/// invited 0.1.0 wrote (no mark); 2 adds the mark. A newer binary migrates an older store once
+/// when it opens it; an older binary refuses a newer store instead of misreading it.
+pub const FORMAT: u32 = 2;
+const FORMAT_KEY: &[u8] = b"k/format";
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -99,11 +110,47 @@ impl Store {
             .flush_every_ms(Some(500))
             .open()?;
         let tree = db.open_tree("invited")?;
-        Ok(Store {
+        let store = Store {
             db,
             tree,
             write_lock: Arc::new(Mutex::new(())),
-        })
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// The store's format, migrated to [`FORMAT`] if older (once: the mark is written with the
+    /// last step and flushed); refused if newer.
+    fn check_format(&self) -> Result<()> {
+        let found = match self.tree.get(FORMAT_KEY)? {
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+                .ok_or_else(|| {
+                    StoreError::Other("the format mark k/format is unreadable".into())
+                })?,
+            None if self.tree.is_empty() => FORMAT, // a new store
+            None => 1,
+        };
+        if found > FORMAT {
+            return Err(StoreError::TooNew { found });
+        }
+        if found == FORMAT && self.tree.get(FORMAT_KEY)?.is_some() {
+            return Ok(());
+        }
+        // 1 → 2: nothing in the layout changed; the store gets its mark. Later formats add their
+        // steps here, each one batch, in order.
+        self.tree
+            .insert(FORMAT_KEY, FORMAT.to_string().as_bytes())?;
+        self.flush_blocking()?;
+        if found < FORMAT {
+            tracing::info!(
+                from = found,
+                to = FORMAT,
+                "store migrated to the current format"
+            );
+        }
+        Ok(())
     }
 
     /// Makes everything written so far durable. Blocking: call from `spawn_blocking` in async code

@@ -114,20 +114,25 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 
 impl Daemon {
     pub fn start(o: Options) -> Daemon {
+        let mut d = Daemon::new(o);
+        d.spawn();
+        d
+    }
+
+    /// The directory and config of a daemon, not started yet (`spawn` starts it).
+    pub fn new(o: Options) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("inv")
             .tempdir_in("/tmp")
             .unwrap_or_else(|e| panic!("tempdir: {e}"));
         let config = dir.path().join("invited.toml");
         std::fs::write(&config, config_text(&o)).unwrap_or_else(|e| panic!("{e}"));
-        let mut d = Daemon {
+        Daemon {
             dir,
             config,
             child: None,
             http: String::new(),
-        };
-        d.spawn();
-        d
+        }
     }
 
     pub fn spawn(&mut self) {

@@ -10,3 +10,4 @@ mod harness;
 mod mailstack;
 mod smtp;
 mod tokens;
+mod upgrade;
