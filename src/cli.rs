@@ -144,12 +144,33 @@ pub fn main() -> ExitCode {
             filter = filter.add_directive(d);
         }
     }
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // colour codes only for a person at a terminal, never into a file or the journal
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match std::env::var("INVITED_LOG_FORMAT").as_deref() {
+        // one JSON object per line, for log shippers
+        Ok("json") => builder.json().flatten_event(true).init(),
+        // under systemd: journald adds the time; a "<N>" prefix gives each line its priority
+        Ok("text") | Err(_) if std::env::var_os("JOURNAL_STREAM").is_some() => builder
+            .event_format(JournaldPrefix(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_level(false)
+                    .with_ansi(false),
+            ))
+            .init(),
+        Ok("text") | Err(_) => builder
+            // colour codes only for a person at a terminal, never into a file or the journal
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        Ok(other) => {
+            eprintln!(
+                "error: INVITED_LOG_FORMAT={:?} is not text or json",
+                crate::text::escape_controls(other)
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -170,6 +191,33 @@ pub fn main() -> ExitCode {
             eprintln!("error: {}", crate::text::escape_controls(&format!("{e:#}")));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prefixes each log line with its syslog priority as `<3>`…`<7>` (sd-daemon(3)), which journald
+/// reads from a service's stderr.
+struct JournaldPrefix<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournaldPrefix<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
     }
 }
 
