@@ -43,6 +43,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/send-test-email", post(send_test_email))
         .route("/v1/inbound", get(inbound))
         .route("/v1/export", get(export))
+        .route("/v1/backup", get(backup))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
@@ -255,6 +256,17 @@ async fn outbox_retry(State(st): S, Path(id): Path<String>) -> R {
 
 async fn inbound(State(st): S, Query(q): Query<HashMap<String, String>>) -> R {
     to_value(st.app.inbound(q.get("outcome").map(String::as_str))?)
+}
+
+/// The backup file's bytes; the CLI writes them where its user asked (the daemon may not be
+/// allowed to write there).
+async fn backup(State(st): S) -> Result<Response, AppError> {
+    let bytes = st.app.backup(Utc::now()).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
 }
 
 async fn export(State(st): S) -> R {

@@ -108,6 +108,14 @@ enum Command {
     },
     /// Send a test email through the outbox and the configured transport, and wait for the result
     SendTestEmail { address: String },
+    /// Write a consistent copy of the running daemon's store to FILE
+    Backup { file: PathBuf },
+    /// Restore a backup into DIR (the daemon stopped; DIR is what `[store] path` will name)
+    Restore {
+        file: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        into: PathBuf,
+    },
     /// Export every record (formula-safe CSV or JSON)
     Export {
         #[arg(long, default_value = "csv")]
@@ -245,6 +253,20 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         crate::daemon::serve(&path).await?;
         return Ok(0);
     }
+    if let Command::Restore { file, into } = &cli.command {
+        let v = restore(file, into)?;
+        if cli.json {
+            println!("{v}");
+        } else {
+            println!(
+                "restored {} records and {} outbox items into {}",
+                v["records"],
+                v["outbox_items"],
+                into.display()
+            );
+        }
+        return Ok(0);
+    }
     let cfg = Config::load(&path)?;
     if let Command::CheckConfig = cli.command {
         crate::daemon::load_shared(cfg.clone())?;
@@ -286,7 +308,20 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     let j = cli.json;
     let mut code = 0;
     let out = match cli.command {
-        Command::Serve | Command::CheckConfig => return Ok(0),
+        Command::Serve | Command::CheckConfig | Command::Restore { .. } => return Ok(0),
+        Command::Backup { file } => {
+            let bytes = crate::client::request_bytes(&sock, "/v1/backup").await?;
+            let (_, entries) = crate::backup::decode(&bytes)?;
+            let (records, outbox_items) = crate::backup::counts(&entries);
+            write_private(&file, &bytes)?;
+            if !j {
+                println!(
+                    "backup of {records} records and {outbox_items} outbox items written to {}",
+                    file.display()
+                );
+            }
+            json!({"file": file.display().to_string(), "records": records, "outbox_items": outbox_items})
+        }
         Command::Invite {
             provider,
             email: Some(email),
@@ -505,6 +540,50 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(code)
+}
+
+/// Writes `bytes` to `file` (0600: a backup holds personal data) through a temporary file, so a
+/// failed write never leaves half a backup under the final name.
+fn write_private(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = file.with_extension("partial");
+    let mut f = crate::private::create_file(&tmp, false)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+}
+
+/// `invited restore FILE --into DIR`: checks the whole file first, refuses a DIR that holds
+/// anything, then writes the store.
+fn restore(file: &Path, into: &Path) -> anyhow::Result<Value> {
+    let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let (header, entries) =
+        crate::backup::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if header.store_format > crate::store::FORMAT {
+        anyhow::bail!(
+            "{}: written by invited {} in store format {}, newer than this invited understands ({}); restore it with that version",
+            file.display(),
+            header.version,
+            header.store_format,
+            crate::store::FORMAT
+        );
+    }
+    let occupied = std::fs::read_dir(into)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if occupied {
+        anyhow::bail!(
+            "--into {}: the directory is not empty; restore into a new or empty directory",
+            into.display()
+        );
+    }
+    crate::private::create_dir(into)
+        .map_err(|e| anyhow::anyhow!("--into {}: {e}", into.display()))?;
+    crate::store::Store::restore(into, &entries)
+        .map_err(|e| anyhow::anyhow!("--into {}: {e}", into.display()))?;
+    let (records, outbox_items) = crate::backup::counts(&entries);
+    Ok(json!({"records": records, "outbox_items": outbox_items}))
 }
 
 async fn call(

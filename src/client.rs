@@ -30,6 +30,39 @@ pub async fn request(
     path: &str,
     body: Option<&Value>,
 ) -> Result<Value, ClientError> {
+    let (status, body) = exchange(socket, method, path, body).await?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ClientError::Protocol(format!("status {status}, unreadable body: {e}")))?;
+    if status >= 400 {
+        return Err(api_error(status, &v));
+    }
+    Ok(v)
+}
+
+/// A request whose successful answer is bytes, not JSON (the backup); errors are still JSON.
+pub async fn request_bytes(socket: &Path, path: &str) -> Result<Vec<u8>, ClientError> {
+    let (status, body) = exchange(socket, "GET", path, None).await?;
+    if status >= 400 {
+        let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+        return Err(api_error(status, &v));
+    }
+    Ok(body.to_vec())
+}
+
+fn api_error(status: u16, v: &Value) -> ClientError {
+    ClientError::Api {
+        status,
+        message: v["error"].as_str().unwrap_or("request failed").to_string(),
+        field: v["field"].as_str().map(str::to_string),
+    }
+}
+
+async fn exchange(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Bytes), ClientError> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|cause| ClientError::Connect {
@@ -62,14 +95,5 @@ pub async fn request(
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))?
         .to_bytes();
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ClientError::Protocol(format!("status {status}, unreadable body: {e}")))?;
-    if status >= 400 {
-        return Err(ClientError::Api {
-            status,
-            message: v["error"].as_str().unwrap_or("request failed").to_string(),
-            field: v["field"].as_str().map(str::to_string),
-        });
-    }
-    Ok(v)
+    Ok((status, body))
 }

@@ -174,6 +174,24 @@ impl App {
         Ok(rec)
     }
 
+    /// A consistent copy of the whole store as a backup file (see `backup`), taken off the async
+    /// runtime: it reads every entry under the write lock.
+    pub async fn backup(&self, now: Timestamp) -> Result<Vec<u8>> {
+        let store = self.store.clone();
+        let entries = tokio::task::spawn_blocking(move || store.snapshot())
+            .await
+            .map_err(|e| {
+                AppError::Store(crate::store::StoreError::Other(format!("backup task: {e}")))
+            })??;
+        let header = crate::backup::Header {
+            store_format: crate::store::FORMAT,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            created_at: rfc3339(&now),
+            entries: 0,
+        };
+        Ok(crate::backup::encode(header, &entries))
+    }
+
     pub fn outbox(&self, dead_only: bool) -> Result<Vec<Value>> {
         let items = self.store.read().outbox_all()?;
         Ok(items

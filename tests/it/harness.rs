@@ -11,6 +11,7 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_invited");
 
+#[derive(Clone)]
 pub struct Options {
     pub invitation_ttl: &'static str,
     pub verification_ttl: &'static str,

@@ -1,5 +1,6 @@
 //! The one integration-test binary: the daemon driven through its real edges.
 
+mod backup;
 mod cli;
 mod corpus;
 mod crash;
