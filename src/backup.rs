@@ -11,6 +11,9 @@ use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8] = b"INVITED-BACKUP 1\n";
 
+/// One store entry: key and value bytes.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Header {
     /// the store format the entries are in (`store::FORMAT` of the daemon that wrote them)
@@ -30,7 +33,7 @@ pub enum BackupError {
 }
 
 /// Encodes `entries` (key, value) under `header` (whose `entries` is set from the list).
-pub fn encode(mut header: Header, entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+pub fn encode(mut header: Header, entries: &[Entry]) -> Vec<u8> {
     header.entries = entries.len() as u64;
     let size: usize = entries.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
     let mut out = Vec::with_capacity(size + 256);
@@ -49,7 +52,7 @@ pub fn encode(mut header: Header, entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// Decodes and checks a backup; the entries come back in the order written.
-pub fn decode(bytes: &[u8]) -> Result<(Header, Vec<(Vec<u8>, Vec<u8>)>), BackupError> {
+pub fn decode(bytes: &[u8]) -> Result<(Header, Vec<Entry>), BackupError> {
     let damaged = |m: &str| BackupError::Damaged(m.to_string());
     let body = bytes.strip_prefix(MAGIC).ok_or(BackupError::NotABackup)?;
     if bytes.len() < MAGIC.len() + 32 {
@@ -98,7 +101,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, Vec<(Vec<u8>, Vec<u8>)>), BackupE
 
 /// How many records and outbox items (sent or not) the entries hold (store key layout: `r/<id>`
 /// and `o/<ref>`).
-pub fn counts(entries: &[(Vec<u8>, Vec<u8>)]) -> (usize, usize) {
+pub fn counts(entries: &[Entry]) -> (usize, usize) {
     let count = |prefix: &[u8]| {
         entries
             .iter()
@@ -112,7 +115,7 @@ pub fn counts(entries: &[(Vec<u8>, Vec<u8>)]) -> (usize, usize) {
 mod tests {
     use super::*;
 
-    fn sample() -> (Header, Vec<(Vec<u8>, Vec<u8>)>) {
+    fn sample() -> (Header, Vec<Entry>) {
         let header = Header {
             store_format: 2,
             version: "0.1.0".into(),
