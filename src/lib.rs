@@ -13,6 +13,7 @@ pub mod imap;
 pub mod maildir;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod outbox;
 pub mod pages;
 pub mod private;

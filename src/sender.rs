@@ -312,7 +312,9 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
     let (tx, rx) = tokio::sync::mpsc::channel::<SendResult>(4096);
     let recorder = tokio::spawn(record(app.clone(), rx, in_flight.clone(), recorded.clone()));
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut sends = tokio::task::JoinSet::new();
     while !shutdown.is_cancelled() {
+        while sends.try_join_next().is_some() {} // reap finished sends
         let now = Utc::now();
         // The read and the filter happen under the in-flight lock. The recorder writes a result
         // before it takes this lock to drop the id, so an item is either still marked in flight
@@ -355,18 +357,36 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(item.id.clone());
             let (app, transport, tx) = (app.clone(), transport.clone(), tx.clone());
-            tokio::spawn(async move {
-                let res = send_one(&app, &transport, &item).await;
+            sends.spawn(async move {
+                let res = {
+                    let _busy = app.heartbeats.sender.busy();
+                    send_one(&app, &transport, &item).await
+                };
                 let _ = tx.send((item, res)).await;
                 drop(permit);
             });
         }
     }
-    // SIGTERM drain: no new sends; the ones in flight finish and are recorded, the rest stay queued.
-    let _all = sem.acquire_many(concurrency as u32).await;
+    // SIGTERM drain: no new sends. The ones in flight get DRAIN_GRACE to finish and be recorded;
+    // any still waiting on a server then are dropped and stay queued (sent again after the
+    // restart, with the same Message-ID), so the daemon stops within systemd's timeout.
+    let finished = tokio::time::timeout(DRAIN_GRACE, async {
+        while sends.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            abandoned = sends.len(),
+            "stopping: sends still waiting on the server go back to the queue"
+        );
+        sends.shutdown().await;
+    }
     drop(tx);
     let _ = recorder.await;
 }
+
+/// How long a stopping sender waits for sends in flight (the whole stop must fit in 10 s).
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 async fn record(
     app: Arc<App>,

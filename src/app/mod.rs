@@ -42,6 +42,24 @@ pub struct App {
     shared: RwLock<Arc<Shared>>,
     pub metrics: Metrics,
     pub outbox_wake: Notify,
+    /// Busy marks of the work loops, read by the systemd watchdog (`notify`).
+    pub heartbeats: Heartbeats,
+}
+
+/// One [`Heartbeat`](crate::notify::Heartbeat) per long-running work loop.
+#[derive(Default)]
+pub struct Heartbeats {
+    pub sender: crate::notify::Heartbeat,
+    pub inbound: crate::notify::Heartbeat,
+}
+
+impl Heartbeats {
+    /// The first loop busy with one unit of work for longer than `limit`, if any: stuck.
+    pub fn stuck(&self, limit: std::time::Duration) -> Option<(&'static str, std::time::Duration)> {
+        [("sender", &self.sender), ("inbound", &self.inbound)]
+            .into_iter()
+            .find_map(|(name, h)| h.busy_for().filter(|d| *d > limit).map(|d| (name, d)))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +228,7 @@ impl App {
             shared: RwLock::new(Arc::new(shared)),
             metrics: Metrics::default(),
             outbox_wake: Notify::new(),
+            heartbeats: Heartbeats::default(),
         }
     }
 
