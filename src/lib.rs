@@ -18,4 +18,5 @@ pub mod rules;
 pub mod sender;
 pub mod store;
 pub mod templates;
+pub mod text;
 pub mod token;
