@@ -43,11 +43,17 @@ mod tests {
         let cases = [
             ("plain text, 한국어, café", "plain text, 한국어, café"),
             ("\u{1b}[31mred\u{1b}[0m", "\\u{1b}[31mred\\u{1b}[0m"),
-            ("\u{1b}]8;;http://x\u{7}link", "\\u{1b}]8;;http://x\\u{7}link"),
+            (
+                "\u{1b}]8;;http://x\u{7}link",
+                "\\u{1b}]8;;http://x\\u{7}link",
+            ),
             ("a\tb\r\nc\0", "a\\u{9}b\\u{d}\\u{a}c\\u{0}"),
             ("del\u{7f} c1\u{85}\u{9b}", "del\\u{7f} c1\\u{85}\\u{9b}"),
             ("\u{202e}txt.exe\u{202c}", "\\u{202e}txt.exe\\u{202c}"),
-            ("\u{2066}\u{2069}\u{2028}\u{2029}", "\\u{2066}\\u{2069}\\u{2028}\\u{2029}"),
+            (
+                "\u{2066}\u{2069}\u{2028}\u{2029}",
+                "\\u{2066}\\u{2069}\\u{2028}\\u{2029}",
+            ),
             ("\u{200b}\u{feff}\u{a0}", "\u{200b}\u{feff}\u{a0}"),
         ];
         for (input, want) in cases {
