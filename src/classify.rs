@@ -1,14 +1,46 @@
 //! Inbound mail classification: turns one raw message into an [`Inbound`] — its refs, its
 //! Authentication-Results and whether it is a bounce, an automatic reply, a keyword command or
 //! something for a human. Pure: no I/O, no store, no clock; the daemon decides what to do with it.
+//!
+//! Every message is hostile until proven otherwise, so the work per message is bounded and
+//! linear in its size: messages over [`MAX_MESSAGE_BYTES`] are not parsed (only their header, by
+//! [`classify_too_large`]); MIME structures that make the parser go quadratic are refused before
+//! parsing; at most [`MAX_REFS`] refs and [`MAX_TEXT_BYTES`] of body text are looked at; and every
+//! string made for people (`from`, `subject`, reasons, diagnostics) is clipped with its control
+//! characters escaped (`crate::text`). Only `message_id` stays exact: it is the outcome's key.
 
 use mail_parser::decoders::html::add_html_token;
-use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
+use mail_parser::{
+    Address, HeaderName, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+};
 
-/// Larger messages are not parsed at all (no reply or bounce we care about is this big).
+use crate::text::escape_controls;
+
+/// Larger messages are not parsed at all (no reply or bounce we care about is this big); Postfix's
+/// default `message_size_limit` is about the same.
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
+/// Of a message over [`MAX_MESSAGE_BYTES`], the sources read at most this much (its header).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Refs kept per message. A real reply or bounce carries a handful (plus address, In-Reply-To,
+/// the root of References, the returned Message-ID); an attacker's 100,000 are cut here.
+pub const MAX_REFS: usize = 16;
+/// Body text looked at: the own line of a reply, a notice's words, refs in a bounce's text.
+pub const MAX_TEXT_BYTES: usize = 256 * 1024;
+/// mail-parser 0.11 scans from each multipart part to the end of the message for a boundary that
+/// never comes (again for every such part) and compares the boundary at every "--": a message
+/// may mention only this many boundaries (real ones have under ten), each RFC 2046-short.
+const MAX_MIME_BOUNDARIES: usize = 32;
+const MAX_BOUNDARY_CHARS: usize = 200;
+/// Authentication-Results headers kept, topmost first (ours is the topmost, or close to it).
+const MAX_AUTH_RESULTS: usize = 16;
+/// Addresses kept from a bounce (recipients of a DSN, addresses in a notice's own text).
+const MAX_BOUNCE_ADDRESSES: usize = 64;
+/// Subjects are matched against automatic-reply and failure phrases in this prefix only.
+const MAX_SUBJECT_BYTES: usize = 4096;
 /// Reasons and diagnostics are for people and logs; keep them short.
 const MAX_DETAIL_CHARS: usize = 300;
+/// Our refs: 26 lowercase base32 characters.
+const REF_LEN: usize = 26;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keyword {
@@ -19,10 +51,13 @@ pub enum Keyword {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Classification {
     /// permanent = true for a failure (Action: failed / 5.x.x / failure notice), false for a
-    /// delay (Action: delayed, 4.x.x) which must change no record
+    /// delay (Action: delayed, 4.x.x) which must change no record. `diagnostic` is the remote
+    /// system's words (status and diagnostic code, or the notice's SMTP line), clipped and
+    /// escaped; `report` says whom the bounce is about.
     Bounce {
         permanent: bool,
         diagnostic: String,
+        report: BounceReport,
     },
     AutoReply {
         reason: String,
@@ -35,19 +70,68 @@ pub enum Classification {
     },
 }
 
+/// Whom a bounce is about. Anyone can send a mail that looks like a bounce to our plus address,
+/// so a bounce counts for a record only if it names the record's recipient here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BounceReport {
+    /// A delivery-status report (RFC 3464): every address named by a per-recipient block's
+    /// Final-Recipient / Original-Recipient, with that block's status.
+    Dsn(Vec<RecipientStatus>),
+    /// A failure notice without a usable DSN (qmail, Exim, Gmail …): the addresses its own
+    /// words name — X-Failed-Recipients and its text up to the returned copy of the message.
+    Notice(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientStatus {
+    /// lowercase, without the address type ("rfc822;") and angle brackets
+    pub address: String,
+    pub permanent: bool,
+    /// the reporting server's words for this recipient, clipped and escaped
+    pub diagnostic: String,
+}
+
+impl Classification {
+    /// For a bounce that names `recipient` (a lowercase address): whether it failed for good,
+    /// and the remote server's words. None when this is not a bounce about that recipient.
+    pub fn bounce_about(&self, recipient: &str) -> Option<(bool, &str)> {
+        let Classification::Bounce {
+            permanent,
+            diagnostic,
+            report,
+        } = self
+        else {
+            return None;
+        };
+        match report {
+            BounceReport::Dsn(statuses) => statuses
+                .iter()
+                .filter(|s| s.address == recipient)
+                .max_by_key(|s| s.permanent)
+                .map(|s| (s.permanent, s.diagnostic.as_str())),
+            BounceReport::Notice(addresses) => addresses
+                .iter()
+                .any(|a| a == recipient)
+                .then_some((*permanent, diagnostic.as_str())),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Inbound {
-    /// bare, without <>
+    /// bare, without <>, exactly as sent (the key of the outcome; escape it before printing)
     pub message_id: Option<String>,
-    /// the From address only, as written
+    /// the address of the (one) From mailbox, control characters escaped
     pub from: Option<String>,
+    /// clipped, control characters escaped
     pub subject: String,
     /// Refs, in order: plus addresses `<reply_local>+<ref>@…` in To, Cc, Delivered-To,
     /// X-Original-To, Envelope-To; local parts of the ids in In-Reply-To and References; for
     /// bounces, the Message-ID of the returned original (or, without one, any `<…@…>` id or plus
-    /// address in the body text). Only 26-char base32 strings are kept, lowercased, deduplicated.
+    /// address in the body text). Only 26-char base32 strings are kept, lowercased, deduplicated,
+    /// at most [`MAX_REFS`].
     pub refs: Vec<String>,
-    /// values of every Authentication-Results header, topmost first
+    /// values of the first [`MAX_AUTH_RESULTS`] Authentication-Results headers, topmost first
     pub authentication_results: Vec<String>,
     /// Marked automatic by its headers (Auto-Submitted not "no", X-Autoreply, Precedence …) or
     /// classified as an auto reply.
@@ -55,36 +139,51 @@ pub struct Inbound {
     pub classification: Classification,
 }
 
-/// Never panics (mail-parser runs under `catch_unwind`); input over [`MAX_MESSAGE_BYTES`] or
-/// unparsable → `Unrecognised` with a reason.
+/// Never panics (mail-parser runs under `catch_unwind`); input over [`MAX_MESSAGE_BYTES`],
+/// unparsable, or with a MIME structure the parser cannot take in linear time → `Unrecognised`
+/// with a reason (with what the header alone says: Message-ID, From, refs).
 pub fn classify(raw: &[u8], reply_local: &str) -> Inbound {
-    let unparsed = |reason: String| Inbound {
-        message_id: None,
-        from: None,
-        subject: String::new(),
-        refs: Vec::new(),
-        authentication_results: Vec::new(),
-        auto_submitted: false,
-        classification: unrecognised(reason),
-    };
     if raw.len() > MAX_MESSAGE_BYTES {
-        let limit = MAX_MESSAGE_BYTES;
-        return unparsed(format!(
-            "message too large ({} bytes, limit {limit})",
-            raw.len()
-        ));
+        return classify_too_large(raw, raw.len() as u64, reply_local);
+    }
+    let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
+    if let Some(reason) = mime_limits(raw) {
+        return header_only(raw, reply_local, reason);
     }
     match std::panic::catch_unwind(|| classify_unguarded(raw, reply_local)) {
         Ok(Some(inbound)) => inbound,
-        Ok(None) => unparsed("unparsable: no message headers found".into()),
-        Err(_) => unparsed("unparsable: the mail parser panicked".into()),
+        Ok(None) => header_only(
+            raw,
+            reply_local,
+            "unparsable: no message headers found".into(),
+        ),
+        Err(_) => header_only(
+            raw,
+            reply_local,
+            "unparsable: the mail parser panicked".into(),
+        ),
     }
 }
 
+/// A message of `size` bytes, over [`MAX_MESSAGE_BYTES`], of which the source read only `head`
+/// (its first bytes, or its header section): always `Unrecognised`, reason "too large …", with
+/// the Message-ID, From and refs its header gives. Reads at most [`MAX_HEAD_BYTES`] of `head`.
+pub fn classify_too_large(head: &[u8], size: u64, reply_local: &str) -> Inbound {
+    let reason =
+        format!("too large ({size} bytes, limit {MAX_MESSAGE_BYTES}); only its header was read");
+    header_only(head, reply_local, reason)
+}
+
 /// RFC 8601: the topmost Authentication-Results whose authserv-id is `trusted_authserv_id`
-/// decides; true only if it carries `dmarc=pass`. Headers from anyone else are ignored, since
-/// any hop before our MX can add them.
-pub fn dmarc_pass(authentication_results: &[String], trusted_authserv_id: &str) -> bool {
+/// decides. Headers from anyone else are ignored, since any hop before our MX can add them. It
+/// passes only if it has a dmarc result and every dmarc result in it is `pass` with
+/// `header.from` equal to `from_domain`, the domain of the From address the daemon acts on: a
+/// pass for some other domain (a second From, a display trick) proves nothing about this one.
+pub fn dmarc_pass(
+    authentication_results: &[String],
+    trusted_authserv_id: &str,
+    from_domain: &str,
+) -> bool {
     let trusted = authentication_results
         .iter()
         .map(|v| strip_comments(v))
@@ -96,15 +195,34 @@ pub fn dmarc_pass(authentication_results: &[String], trusted_authserv_id: &str) 
                 .and_then(|p| p.split_whitespace().next());
             id.is_some_and(|id| id.eq_ignore_ascii_case(trusted_authserv_id))
         });
-    trusted.is_some_and(|v| {
-        v.split(';').skip(1).any(|resinfo| {
-            let method_result = resinfo.split_whitespace().next().unwrap_or_default();
-            let (method, result) = method_result.split_once('=').unwrap_or_default();
+    let Some(trusted) = trusted else {
+        return false;
+    };
+    let same_domain = |d: &str| {
+        let d = d.trim_matches('"');
+        let d = d.rsplit_once('@').map_or(d, |(_, d)| d);
+        let (d, ours) = (d.trim_end_matches('.'), from_domain.trim_end_matches('.'));
+        !ours.is_empty() && d.eq_ignore_ascii_case(ours)
+    };
+    let verdicts: Vec<bool> = trusted
+        .split(';')
+        .skip(1)
+        .filter_map(|resinfo| {
+            let mut words = resinfo.split_whitespace();
+            let (method, result) = words.next()?.split_once('=')?;
             // A method may carry a version too ("dmarc/1").
             let method = method.split('/').next().unwrap_or_default();
-            method.eq_ignore_ascii_case("dmarc") && result.eq_ignore_ascii_case("pass")
+            if !method.eq_ignore_ascii_case("dmarc") {
+                return None;
+            }
+            let header_from = words
+                .filter_map(|w| w.split_once('='))
+                .find(|(p, _)| p.eq_ignore_ascii_case("header.from"))
+                .map(|(_, d)| d);
+            Some(result.eq_ignore_ascii_case("pass") && header_from.is_some_and(same_domain))
         })
-    })
+        .collect();
+    !verdicts.is_empty() && verdicts.iter().all(|ok| *ok)
 }
 
 /// The first unquoted, non-empty line of a reply body and the keyword it starts with, if any.
@@ -112,9 +230,9 @@ pub fn command_keyword(body_text: &str) -> Option<Keyword> {
     first_own_line(body_text).and_then(line_keyword)
 }
 
-fn unrecognised(reason: impl Into<String>) -> Classification {
+fn unrecognised(reason: impl AsRef<str>) -> Classification {
     Classification::Unrecognised {
-        reason: clip(&reason.into()),
+        reason: clip(reason.as_ref()),
     }
 }
 
@@ -122,26 +240,21 @@ fn unrecognised(reason: impl Into<String>) -> Classification {
 // Whole message
 
 fn classify_unguarded(raw: &[u8], reply_local: &str) -> Option<Inbound> {
-    let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
     let msg = MessageParser::default().parse(raw)?;
     let headers = Headers::of(&msg);
     if headers.0.is_empty() {
         return None;
     }
-    let subject = msg.subject().unwrap_or_default().to_string();
+    let HeaderFacts {
+        message_id,
+        from,
+        from_problem,
+        subject,
+        mut refs,
+        authentication_results,
+    } = HeaderFacts::of(&msg, &headers, reply_local);
+    let raw_subject = prefix(msg.subject().unwrap_or_default(), MAX_SUBJECT_BYTES);
     let header_auto = auto_header_reason(&headers);
-
-    let mut refs = Refs::default();
-    for name in ["to", "cc", "delivered-to", "x-original-to", "envelope-to"] {
-        headers
-            .all(name)
-            .for_each(|value| refs.plus_addresses(value, reply_local));
-    }
-    for value in headers.all("in-reply-to").chain(headers.all("references")) {
-        let ids = value.split(|c: char| c == '<' || c == '>' || c == ',' || c.is_whitespace());
-        ids.filter_map(|id| id.split_once('@'))
-            .for_each(|(local, _)| refs.push(local));
-    }
 
     let content_type = msg
         .content_type()
@@ -151,20 +264,23 @@ fn classify_unguarded(raw: &[u8], reply_local: &str) -> Option<Inbound> {
         .unwrap_or_default();
     let report_type = report_type.to_ascii_lowercase();
 
-    let classification = if let Some(bounce) = bounce(&msg, &headers, &subject, &report_type) {
+    let classification = if let Some(problem) = from_problem {
+        // Nothing may act for a message without one author.
+        unrecognised(problem)
+    } else if let Some(bounce) = bounce(&msg, &headers, raw_subject, &report_type) {
         bounce_refs(&msg, reply_local, &mut refs);
         bounce
     } else if report_type == "feedback-report" || has_part(&msg, "message", "feedback-report") {
         unrecognised("abuse feedback report (ARF)")
     } else if headers.first("x-apple-unsubscribe").is_some()
-        || subject.trim().eq_ignore_ascii_case("unsubscribe")
+        || raw_subject.trim().eq_ignore_ascii_case("unsubscribe")
     {
         // Someone (or their mail client for them) wants out: a human should see that.
         unrecognised("unsubscribe request")
     } else if let Some(reason) = header_auto
         .clone()
         .or_else(|| (report_type == "disposition-notification").then(|| "read receipt".into()))
-        .or_else(|| auto_subject(&subject).then(|| format!("automatic subject: {subject}")))
+        .or_else(|| auto_subject(raw_subject).then(|| format!("automatic subject: {raw_subject}")))
     {
         Classification::AutoReply {
             reason: clip(&reason),
@@ -179,18 +295,165 @@ fn classify_unguarded(raw: &[u8], reply_local: &str) -> Option<Inbound> {
     };
 
     Some(Inbound {
-        message_id: msg.message_id().map(str::to_string),
-        from: from_address(&msg).map(str::to_string),
+        message_id,
+        from,
         subject,
         refs: refs.0,
-        authentication_results: headers
-            .all("authentication-results")
-            .map(String::from)
-            .collect(),
+        authentication_results,
         auto_submitted: header_auto.is_some()
             || matches!(classification, Classification::AutoReply { .. }),
         classification,
     })
+}
+
+/// For a message that is not parsed whole: what its header section says (at most
+/// [`MAX_HEAD_BYTES`] of it), and `Unrecognised { reason }`.
+fn header_only(raw: &[u8], reply_local: &str, reason: String) -> Inbound {
+    let head = header_section(raw);
+    let facts = std::panic::catch_unwind(|| {
+        let msg = MessageParser::default().parse_headers(head)?;
+        let headers = Headers::of(&msg);
+        Some(HeaderFacts::of(&msg, &headers, reply_local))
+    });
+    let facts = facts.ok().flatten().unwrap_or_default();
+    Inbound {
+        message_id: facts.message_id,
+        from: facts.from,
+        subject: facts.subject,
+        refs: facts.refs.0,
+        authentication_results: facts.authentication_results,
+        auto_submitted: false,
+        classification: unrecognised(reason),
+    }
+}
+
+/// The header section at the start of `raw`, cut at [`MAX_HEAD_BYTES`] (then without the
+/// partial last line, so a cut Message-ID is not mistaken for a whole one).
+fn header_section(raw: &[u8]) -> &[u8] {
+    let head = &raw[..raw.len().min(MAX_HEAD_BYTES)];
+    let blank_line = head
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .find(|(i, _)| matches!(head.get(i + 1..), Some([b'\n', ..] | [b'\r', b'\n', ..])));
+    match blank_line {
+        Some((i, _)) => &head[..=i],
+        None if head.len() == raw.len() => head,
+        None => head
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(&[][..], |i| &head[..=i]),
+    }
+}
+
+/// Why mail-parser must not see this message, if it must not: too many MIME boundaries, or
+/// one too long (see [`MAX_MIME_BOUNDARIES`]). Counts every "boundary" (any case) in the raw
+/// bytes, parameters and text alike — cheap, and a real message has a few.
+fn mime_limits(raw: &[u8]) -> Option<String> {
+    const WORD: &[u8] = b"boundary";
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(pos) = raw
+        .get(at..)?
+        .windows(WORD.len())
+        .position(|w| w.eq_ignore_ascii_case(WORD))
+    {
+        count += 1;
+        if count > MAX_MIME_BOUNDARIES {
+            return Some(format!(
+                "more than {MAX_MIME_BOUNDARIES} MIME boundaries; not parsed"
+            ));
+        }
+        at += pos + WORD.len();
+        // boundary[*n*] = ["]value["]
+        let rest = &raw[at..];
+        let rest = &rest[rest
+            .iter()
+            .position(|b| !matches!(b, b'*' | b'0'..=b'9' | b' ' | b'\t'))
+            .unwrap_or(rest.len())..];
+        let Some(value) = rest.strip_prefix(b"=") else {
+            continue;
+        };
+        let value = value.trim_ascii_start();
+        let (value, stop): (&[u8], &[u8]) = match value.strip_prefix(b"\"") {
+            Some(quoted) => (quoted, b"\"\r\n"),
+            None => (value, b"; \t\r\n"),
+        };
+        let len = value
+            .iter()
+            .take(MAX_BOUNDARY_CHARS + 1)
+            .take_while(|b| !stop.contains(b))
+            .count();
+        if len > MAX_BOUNDARY_CHARS {
+            return Some(format!(
+                "a MIME boundary longer than {MAX_BOUNDARY_CHARS} characters; not parsed"
+            ));
+        }
+    }
+    None
+}
+
+/// What the header section says, for people (escaped) and for matching (refs, results).
+#[derive(Default)]
+struct HeaderFacts {
+    message_id: Option<String>,
+    from: Option<String>,
+    /// why this message has no single author, if it has not
+    from_problem: Option<&'static str>,
+    subject: String,
+    refs: Refs,
+    authentication_results: Vec<String>,
+}
+
+impl HeaderFacts {
+    fn of(msg: &Message<'_>, headers: &Headers, reply_local: &str) -> HeaderFacts {
+        let mut refs = Refs::default();
+        for name in ["to", "cc", "delivered-to", "x-original-to", "envelope-to"] {
+            headers
+                .all(name)
+                .for_each(|value| refs.plus_addresses(value, reply_local));
+        }
+        for value in headers.all("in-reply-to").chain(headers.all("references")) {
+            let ids = value.split(|c: char| c == '<' || c == '>' || c == ',' || c.is_whitespace());
+            for (local, _) in ids.filter_map(|id| id.split_once('@')) {
+                if refs.full() {
+                    break;
+                }
+                refs.push(local);
+            }
+        }
+        // mail-parser answers `from()` with the last From header; RFC 5322 allows exactly one.
+        let froms: Vec<&Address<'_>> = msg
+            .headers()
+            .iter()
+            .filter(|h| h.name == HeaderName::From)
+            .filter_map(|h| h.value.as_address())
+            .collect();
+        let from_problem = if headers.all("from").nth(1).is_some() {
+            Some("more than one From header: no single author")
+        } else if froms.first().is_some_and(|a| a.iter().nth(1).is_some()) {
+            Some("the From header names more than one mailbox: no single author")
+        } else {
+            None
+        };
+        let from = froms
+            .first()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .map(escape_controls);
+        HeaderFacts {
+            message_id: msg.message_id().map(str::to_string),
+            from,
+            from_problem,
+            subject: clip(msg.subject().unwrap_or_default()),
+            refs,
+            authentication_results: headers
+                .all("authentication-results")
+                .take(MAX_AUTH_RESULTS)
+                .map(String::from)
+                .collect(),
+        }
+    }
 }
 
 /// Top-level headers as (lowercased name, unfolded raw value), in message order. Raw, because
@@ -204,11 +467,14 @@ impl Headers {
                 .raw_message
                 .get(h.offset_start as usize..h.offset_end as usize)?;
             let value = String::from_utf8_lossy(bytes);
-            let unfolded = value.lines().map(str::trim).collect::<Vec<_>>().join(" ");
-            Some((
-                h.name.as_str().to_ascii_lowercase(),
-                unfolded.trim().to_string(),
-            ))
+            let mut unfolded = String::with_capacity(value.len());
+            for line in value.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                if !unfolded.is_empty() {
+                    unfolded.push(' ');
+                }
+                unfolded.push_str(line);
+            }
+            Some((h.name.as_str().to_ascii_lowercase(), unfolded))
         });
         Headers(headers.collect())
     }
@@ -225,20 +491,30 @@ impl Headers {
     }
 }
 
-/// Deduplicated refs in the order found.
+/// Deduplicated refs in the order found, at most [`MAX_REFS`] (so `contains` stays cheap and a
+/// message cannot make us look up thousands).
 #[derive(Default)]
 struct Refs(Vec<String>);
 
 impl Refs {
+    fn full(&self) -> bool {
+        self.0.len() >= MAX_REFS
+    }
+
     fn push(&mut self, candidate: &str) {
-        let candidate = candidate.trim().to_ascii_lowercase();
-        let base32 = |b: u8| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b);
-        if candidate.len() == 26 && candidate.bytes().all(base32) && !self.0.contains(&candidate) {
+        let candidate = candidate.trim();
+        let base32 = |b: u8| b.is_ascii_alphabetic() || (b'2'..=b'7').contains(&b);
+        if self.full() || candidate.len() != REF_LEN || !candidate.bytes().all(base32) {
+            return;
+        }
+        let candidate = candidate.to_ascii_lowercase();
+        if !self.0.contains(&candidate) {
             self.0.push(candidate);
         }
     }
 
-    /// Every `<reply_local>+<ref>@` in `text` (case-insensitive, not inside a longer local part).
+    /// Every `<reply_local>+<ref>@` in `text` (case-insensitive, not inside a longer local
+    /// part). One pass: after each `<reply_local>+` only the next 27 bytes are looked at.
     fn plus_addresses(&mut self, text: &str, reply_local: &str) {
         if reply_local.is_empty() {
             return;
@@ -248,50 +524,78 @@ impl Refs {
         let needle = format!("{}+", reply_local.to_ascii_lowercase());
         let mut from = 0;
         while let Some(pos) = lower.get(from..).and_then(|t| t.find(&needle)) {
+            if self.full() {
+                return;
+            }
             let before = lower[..from + pos].chars().next_back();
             from += pos + needle.len();
             let boundary =
                 before.is_none_or(|c| !(c.is_ascii_alphanumeric() || "._-+".contains(c)));
-            if let (true, Some(at)) = (boundary, lower[from..].find('@')) {
-                self.push(&lower[from..from + at]);
+            let candidate = lower.as_bytes().get(from..from + REF_LEN + 1);
+            if let (true, Some([r @ .., b'@'])) = (boundary, candidate) {
+                // all ASCII when it is a ref; `push` checks the alphabet
+                self.push(std::str::from_utf8(r).unwrap_or_default());
             }
         }
     }
-}
-
-fn from_address<'a>(msg: &'a Message<'_>) -> Option<&'a str> {
-    msg.from()?.first()?.address()
 }
 
 fn has_part(msg: &Message<'_>, ctype: &str, subtype: &str) -> bool {
     msg.parts.iter().any(|p| p.is_content_type(ctype, subtype))
 }
 
-/// Text of a leaf part; mail-parser gives non-text parts (message/delivery-status) as bytes.
+/// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Text of a leaf part (at most [`MAX_TEXT_BYTES`]); mail-parser gives non-text parts
+/// (message/delivery-status) as bytes.
 fn part_text(part: &MessagePart<'_>) -> Option<String> {
     match &part.body {
-        PartType::Text(t) | PartType::Html(t) => Some(t.to_string()),
-        PartType::Binary(b) | PartType::InlineBinary(b) => Some(String::from_utf8_lossy(b).into()),
+        PartType::Text(t) | PartType::Html(t) => Some(prefix(t, MAX_TEXT_BYTES).to_string()),
+        PartType::Binary(b) | PartType::InlineBinary(b) => {
+            Some(String::from_utf8_lossy(&b[..b.len().min(MAX_TEXT_BYTES)]).into_owned())
+        }
         _ => None,
     }
 }
 
-/// All text parts of the message itself (not of attached messages), joined.
-fn body_texts(msg: &Message<'_>) -> String {
-    let texts = msg.parts.iter().filter_map(|p| match &p.body {
-        PartType::Text(t) => Some(t.to_string()),
-        PartType::Html(h) => Some(html_to_text(h)),
-        _ => None,
-    });
-    texts.collect::<Vec<_>>().join("\n")
+/// The text parts of the message itself (not of attached messages) that `keep` accepts,
+/// HTML as text, joined, at most [`MAX_TEXT_BYTES`] in all.
+fn body_texts(msg: &Message<'_>, keep: impl Fn(&MessagePart<'_>) -> bool) -> String {
+    let mut out = String::new();
+    for part in msg.parts.iter().filter(|p| keep(p)) {
+        let room = MAX_TEXT_BYTES.saturating_sub(out.len());
+        if room == 0 {
+            break;
+        }
+        match &part.body {
+            PartType::Text(t) => out.push_str(prefix(t, room)),
+            PartType::Html(h) => out.push_str(prefix(&html_to_text(prefix(h, room)), room)),
+            _ => continue,
+        }
+        out.push('\n');
+    }
+    out
 }
 
+/// Whitespace runs collapsed to one space, at most [`MAX_DETAIL_CHARS`] characters (then "…"),
+/// control characters escaped. Reads no more of `text` than it keeps (bar its first word).
 fn clip(text: &str) -> String {
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match text.char_indices().nth(MAX_DETAIL_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text,
+    let mut chars = text
+        .split_whitespace()
+        .enumerate()
+        .flat_map(|(i, word)| (i > 0).then_some(' ').into_iter().chain(word.chars()));
+    let mut out: String = chars.by_ref().take(MAX_DETAIL_CHARS).collect();
+    if chars.next().is_some() {
+        out.push('…');
     }
+    escape_controls(&out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -308,62 +612,124 @@ fn bounce(msg: &Message<'_>, h: &Headers, subject: &str, report: &str) -> Option
         let mut parts = msg.parts.iter().filter(status_part);
         let status = parts.find_map(|p| delivery_status(&part_text(p)?));
         // A report whose status part says nothing usable is judged like a plain notice.
-        return Some(status.unwrap_or_else(|| notice(msg, subject)));
+        return Some(status.unwrap_or_else(|| notice(msg, h, subject)));
     }
-    is_failure_notice(msg, h, subject).then(|| notice(msg, subject))
+    is_failure_notice(msg, h, subject).then(|| notice(msg, h, subject))
 }
 
-/// Reads the per-recipient fields of a message/delivery-status part (RFC 3464).
+/// Reads a message/delivery-status part (RFC 3464): the per-message fields, then one block per
+/// recipient, blocks separated by blank lines.
 fn delivery_status(text: &str) -> Option<Classification> {
-    let fields = unfolded_fields(text);
+    let blocks = field_blocks(text);
+    let fields = || blocks.iter().flatten();
     let values = |name: &'static str| {
-        let named = fields
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name));
-        named.map(|(_, v)| v.as_str())
+        fields()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     };
     let (mut actions, mut statuses) = (values("action"), values("status"));
     let failed = actions
         .clone()
         .any(|a| a.to_ascii_lowercase().starts_with("failed"))
         || statuses.clone().any(|s| s.starts_with('5'));
-    let delayed = actions
-        .clone()
-        .any(|a| a.to_ascii_lowercase().starts_with("delayed"))
-        || statuses.clone().any(|s| s.starts_with('4'));
     if actions.next().is_none() && statuses.next().is_none() {
         return None;
     }
-    let status = values("status").find(|s| !s.starts_with('2'));
-    let detail = [status, values("diagnostic-code").next()]
-        .into_iter()
-        .flatten();
-    let word = match (failed, delayed) {
-        (true, _) => "failed",
-        (false, true) => "delayed",
-        (false, false) => "delivered",
+    let words = |fields: &mut dyn Iterator<Item = &(String, String)>| {
+        let (mut status, mut code) = (None, None);
+        for (name, value) in fields {
+            if name.eq_ignore_ascii_case("status") && !value.starts_with('2') {
+                status = status.or(Some(value.as_str()));
+            } else if name.eq_ignore_ascii_case("diagnostic-code") {
+                code = code.or(Some(diagnostic_text(value)));
+            }
+        }
+        clip(
+            &[status, code]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
     };
-    let diagnostic = clip(&format!("{word}: {}", detail.collect::<Vec<_>>().join(" ")));
+    let mut statuses = Vec::new();
+    for block in &blocks {
+        let named = |n: &str| {
+            [
+                "final-recipient",
+                "original-recipient",
+                "x-actual-recipient",
+            ]
+            .iter()
+            .any(|r| n.eq_ignore_ascii_case(r))
+        };
+        let addresses = block.iter().filter(|(n, _)| named(n));
+        let permanent = block.iter().any(|(n, v)| {
+            (n.eq_ignore_ascii_case("action") && v.to_ascii_lowercase().starts_with("failed"))
+                || (n.eq_ignore_ascii_case("status") && v.starts_with('5'))
+        });
+        let diagnostic = words(&mut block.iter());
+        for (_, value) in addresses {
+            if statuses.len() >= MAX_BOUNCE_ADDRESSES {
+                break;
+            }
+            // "rfc822; <a@b.test>" (the type may be missing, or "utf-8" in a global DSN)
+            let address = value.rsplit_once(';').map_or(value.as_str(), |(_, a)| a);
+            let address = address.trim().trim_matches(['<', '>']).to_lowercase();
+            if !address.is_empty() {
+                statuses.push(RecipientStatus {
+                    address,
+                    permanent,
+                    diagnostic: diagnostic.clone(),
+                });
+            }
+        }
+    }
     Some(Classification::Bounce {
         permanent: failed,
-        diagnostic,
+        diagnostic: words(&mut fields()),
+        report: BounceReport::Dsn(statuses),
     })
 }
 
-/// "Name: value" fields of a header-like block, with folded lines joined.
-fn unfolded_fields(text: &str) -> Vec<(String, String)> {
-    let mut fields: Vec<(String, String)> = Vec::new();
+/// "smtp; 550 5.1.1 <a@b>: no such user" → "550 5.1.1 <a@b>: no such user": the words after the
+/// diagnostic type are what the remote server said.
+fn diagnostic_text(value: &str) -> &str {
+    match value.split_once(';') {
+        Some((kind, text))
+            if !kind.is_empty()
+                && kind
+                    .trim()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+        {
+            text.trim()
+        }
+        _ => value,
+    }
+}
+
+/// "Name: value" fields of a header-like block, folded lines joined, grouped by blank lines.
+fn field_blocks(text: &str) -> Vec<Vec<(String, String)>> {
+    let mut blocks: Vec<Vec<(String, String)>> = vec![Vec::new()];
     for line in text.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = fields.last_mut() {
+        let Some(block) = blocks.last_mut() else {
+            break;
+        };
+        if line.trim().is_empty() {
+            if !block.is_empty() {
+                blocks.push(Vec::new());
+            }
+        } else if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = block.last_mut() {
                 value.push(' ');
                 value.push_str(line.trim());
             }
         } else if let Some((name, value)) = line.split_once(':') {
-            fields.push((name.trim().to_string(), value.trim().to_string()));
+            block.push((name.trim().to_string(), value.trim().to_string()));
         }
     }
-    fields
+    blocks
 }
 
 #[rustfmt::skip]
@@ -377,11 +743,14 @@ const FAILURE_SUBJECTS: &[&str] = &[
 
 /// Failure notices without a DSN (qmail, Exim, Gmail, …): sent by the mail system, not a person.
 fn is_failure_notice(msg: &Message<'_>, headers: &Headers, subject: &str) -> bool {
-    let from = headers
-        .first("from")
+    let from = headers.first("from").unwrap_or_default();
+    let from = prefix(from, MAX_SUBJECT_BYTES).to_ascii_lowercase();
+    let address = msg
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let address = from_address(msg).unwrap_or_default().to_ascii_lowercase();
     let local = address.split('@').next().unwrap_or_default();
     let daemon = matches!(local, "mailer-daemon" | "mailer_daemon" | "mailerdaemon")
         || ["mail delivery", "mailer-daemon", "mailer daemon"]
@@ -403,12 +772,13 @@ fn is_failure_notice(msg: &Message<'_>, headers: &Headers, subject: &str) -> boo
         || (null_sender && (failure_subject || returned_part))
 }
 
-/// A failure notice without a usable DSN part: permanent unless its subject says "delayed".
-fn notice(msg: &Message<'_>, subject: &str) -> Classification {
+/// A failure notice without a usable DSN part: permanent unless its subject says "delayed";
+/// about the addresses its own words name.
+fn notice(msg: &Message<'_>, headers: &Headers, subject: &str) -> Classification {
     let s = subject.to_lowercase();
     let delayed = s.contains("delay") || s.starts_with("warning:") || s.contains("being retried");
+    let text = own_text(msg);
     // The first line with a 4xx/5xx SMTP reply code says most about why.
-    let text = body_texts(msg);
     let smtp_line = text.lines().map(str::trim).find(|line| {
         line.split_whitespace().any(|w| {
             let code = w.as_bytes().get(..3).unwrap_or_default();
@@ -416,21 +786,96 @@ fn notice(msg: &Message<'_>, subject: &str) -> Classification {
                 && !w.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
         })
     });
-    let diagnostic = match smtp_line {
-        Some(line) => clip(&format!("{subject}: {line}")),
-        None => clip(subject),
-    };
+    let mut addresses = Vec::new();
+    for failed in headers.all("x-failed-recipients") {
+        addresses_in(failed, &mut addresses);
+    }
+    addresses_in(&text, &mut addresses);
     Classification::Bounce {
         permanent: !delayed,
-        diagnostic,
+        diagnostic: clip(smtp_line.unwrap_or(subject)),
+        report: BounceReport::Notice(addresses),
     }
 }
 
-/// Refs of the returned original: its Message-ID, or failing that any id/plus address in the text.
+/// A notice's own words: its inline text parts (not attached messages, returned headers or
+/// attachments), up to the line where an inline copy of the returned message starts.
+fn own_text(msg: &Message<'_>) -> String {
+    let mut text = body_texts(msg, |p| {
+        !p.is_content_type("text", "rfc822-headers")
+            && !p.content_disposition().is_some_and(|d| d.is_attachment())
+    });
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if returned_copy_starts(line) {
+            break;
+        }
+        offset += line.len();
+    }
+    text.truncate(offset);
+    text
+}
+
+#[rustfmt::skip]
+const RETURNED_COPY_MARKERS: &[&str] = &[
+    "copy of the message", "copy of your message", "original message", "returned message",
+    "message follows", "original headers", "undelivered message", "headers of the original",
+    "message headers follow", "below this line is a copy", "message text follows",
+    "text of the message", "unsent message",
+];
+
+/// "------ This is a copy of the message, including all the headers. ------" (Exim), "--- Below
+/// this line is a copy of the message." (qmail), "----- Original message -----" (Gmail), or the
+/// returned headers themselves.
+fn returned_copy_starts(line: &str) -> bool {
+    let line = line.trim();
+    let lower = prefix(line, 200).to_ascii_lowercase();
+    let rule = line.starts_with("--") || line.starts_with("==") || line.starts_with("__");
+    (rule && RETURNED_COPY_MARKERS.iter().any(|m| lower.contains(m)))
+        || lower.starts_with("return-path:")
+        || lower.starts_with("received:")
+}
+
+/// Adds every address-shaped `local@domain.tld` in `text` (lowercase, deduplicated) to `out`,
+/// up to [`MAX_BOUNCE_ADDRESSES`]. Looks at most 64 bytes left and 255 right of each '@'.
+fn addresses_in(text: &str, out: &mut Vec<String>) {
+    let b = text.as_bytes();
+    let local_char = |c: u8| c.is_ascii_alphanumeric() || b"._%+-".contains(&c);
+    let domain_char = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'.';
+    for (at, _) in text.match_indices('@') {
+        if out.len() >= MAX_BOUNCE_ADDRESSES {
+            return;
+        }
+        let mut start = at;
+        while start > 0 && at - start < 64 && local_char(b[start - 1]) {
+            start -= 1;
+        }
+        let mut end = at + 1;
+        while end < b.len() && end - at <= 255 && domain_char(b[end]) {
+            end += 1;
+        }
+        // only ASCII was stepped over, so both ends are char boundaries
+        let local = text[start..at].trim_start_matches('.');
+        let domain = text[at + 1..end].trim_end_matches(['.', '-']);
+        if local.is_empty() || !domain.contains('.') {
+            continue;
+        }
+        let address = format!("{local}@{domain}").to_ascii_lowercase();
+        if !out.contains(&address) {
+            out.push(address);
+        }
+    }
+}
+
+/// Refs of the returned original: its Message-ID, or failing that any id/plus address in the
+/// text (at most [`MAX_TEXT_BYTES`] of it).
 fn bounce_refs(msg: &Message<'_>, reply_local: &str, refs: &mut Refs) {
     let before = refs.0.len();
     let local = |id: Option<&str>| id.unwrap_or_default().split('@').next().map(str::to_string);
     for part in &msg.parts {
+        if refs.full() {
+            return;
+        }
         let id = match &part.body {
             PartType::Message(original) => local(original.message_id()),
             _ if part.is_content_type("text", "rfc822-headers") => {
@@ -445,9 +890,12 @@ fn bounce_refs(msg: &Message<'_>, reply_local: &str, refs: &mut Refs) {
     if refs.0.len() > before {
         return;
     }
-    let text = body_texts(msg);
+    let text = body_texts(msg, |_| true);
     refs.plus_addresses(&text, reply_local);
     for chunk in text.split('<').skip(1) {
+        if refs.full() {
+            return;
+        }
         let id = chunk.split_once('>').and_then(|(id, _)| id.split_once('@'));
         id.into_iter().for_each(|(local, _)| refs.push(local));
     }
@@ -503,7 +951,8 @@ fn auto_subject(subject: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Reply text and keywords
 
-/// The reply's own text: the first text/plain body, else the first HTML body as text.
+/// The reply's own text: the first text/plain body, else the first HTML body as text; its
+/// first [`MAX_TEXT_BYTES`] (the keyword line comes first, or after a short quote).
 fn reply_body(msg: &Message<'_>) -> Option<String> {
     let mut parts = msg
         .text_body
@@ -511,8 +960,8 @@ fn reply_body(msg: &Message<'_>) -> Option<String> {
         .chain(&msg.html_body)
         .filter_map(|&id| msg.parts.get(id as usize));
     parts.find_map(|p| match &p.body {
-        PartType::Text(t) => Some(t.to_string()),
-        PartType::Html(h) => Some(html_to_text(h)),
+        PartType::Text(t) => Some(prefix(t, MAX_TEXT_BYTES).to_string()),
+        PartType::Html(h) => Some(html_to_text(prefix(h, MAX_TEXT_BYTES))),
         _ => None,
     })
 }
@@ -756,24 +1205,68 @@ mod tests {
     }
 
     #[test]
-    fn dmarc_from_trusted_topmost_only() {
+    fn dmarc_from_trusted_topmost_only_for_the_from_domain() {
         let ours = "mx.invited.test";
-        let check =
-            |v: &[&str]| dmarc_pass(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ours);
+        let check = |v: &[&str], domain: &str| {
+            let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+            dmarc_pass(&v, ours, domain)
+        };
         let pass =
             "mx.invited.test; dkim=pass header.d=f.test; dmarc=pass (p=none) header.from=f.test";
         let fail = "mx.invited.test; dkim=none; dmarc=fail (p=none) header.from=f.test";
-        assert!(check(&[pass]));
-        assert!(check(&["MX.Invited.Test 1; DMARC=PASS header.from=f.test"]));
-        assert!(check(&["mx.other.test; dmarc=fail", pass]));
-        assert!(!check(&[fail, pass]));
-        assert!(!check(&["mx.other.test; dmarc=pass"]));
-        assert!(!check(&[
-            "mx.invited.test; spf=pass (dmarc=pass) smtp.mailfrom=x"
-        ]));
-        assert!(!check(&["mx.invited.test; dmarc=passed"]));
-        assert!(!check(&["mx.invited.test.evil.test; dmarc=pass"]));
-        assert!(!check(&[]));
+        assert!(check(&[pass], "f.test"));
+        assert!(check(&[pass], "F.Test"));
+        assert!(check(
+            &["MX.Invited.Test 1; DMARC=PASS header.from=F.TEST"],
+            "f.test"
+        ));
+        assert!(check(&["mx.other.test; dmarc=fail", pass], "f.test"));
+        assert!(!check(&[fail, pass], "f.test"));
+        assert!(!check(
+            &["mx.other.test; dmarc=pass header.from=f.test"],
+            "f.test"
+        ));
+        assert!(!check(
+            &["mx.invited.test; spf=pass (dmarc=pass header.from=f.test) smtp.mailfrom=x"],
+            "f.test"
+        ));
+        assert!(!check(
+            &["mx.invited.test; dmarc=passed header.from=f.test"],
+            "f.test"
+        ));
+        assert!(!check(
+            &["mx.invited.test.evil.test; dmarc=pass header.from=f.test"],
+            "f.test"
+        ));
+        assert!(!check(&[], "f.test"));
+        // the pass must be for the domain of the From the daemon acts on
+        assert!(!check(&[pass], "customer.test"));
+        assert!(
+            !check(&["mx.invited.test; dmarc=pass"], "f.test"),
+            "no header.from"
+        );
+        assert!(!check(
+            &["mx.invited.test; dmarc=pass (header.from=f.test)"],
+            "f.test"
+        ));
+        assert!(!check(&[pass], ""));
+        assert!(!check(
+            &["mx.invited.test; dmarc=pass header.from=sub.f.test"],
+            "f.test"
+        ));
+        // one result per From domain: a second, failing one (or one for another domain) spoils it
+        assert!(!check(
+            &["mx.invited.test; dmarc=pass header.from=f.test; dmarc=fail header.from=f.test"],
+            "f.test"
+        ));
+        assert!(!check(
+            &["mx.invited.test; dmarc=pass header.from=f.test; dmarc=pass header.from=e.test"],
+            "f.test"
+        ));
+        assert!(check(
+            &["mx.invited.test; dmarc=pass header.from=\"f.test\""],
+            "f.test"
+        ));
     }
 
     #[test]
@@ -859,5 +1352,265 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn msg(h: &str, body: &str) -> Inbound {
+        classify(format!("{h}\n\n{body}").as_bytes(), "replies")
+    }
+
+    fn reason(i: &Inbound) -> &str {
+        match &i.classification {
+            Classification::Unrecognised { reason } => reason,
+            other => panic!("not unrecognised: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_message_without_one_author_is_unrecognised() {
+        let auth = "Authentication-Results: mx.invited.test; dmarc=pass header.from=attacker.test";
+        let two = msg(
+            &format!("{auth}\nFrom: eve@attacker.test\nFrom: contact@customer.test\nSubject: Re"),
+            "AUTHORIZE",
+        );
+        assert!(
+            reason(&two).contains("more than one From header"),
+            "{two:?}"
+        );
+        // what is shown is the first From, whatever mail-parser would act on
+        assert_eq!(two.from.as_deref(), Some("eve@attacker.test"));
+        let list = msg(
+            "From: Contact <contact@customer.test>, Eve <eve@attacker.test>\nSubject: Re",
+            "AUTHORIZE",
+        );
+        assert!(reason(&list).contains("more than one mailbox"), "{list:?}");
+        let group = msg(
+            "From: team: a@customer.test, b@customer.test;\nSubject: Re",
+            "Yes",
+        );
+        assert!(
+            reason(&group).contains("more than one mailbox"),
+            "{group:?}"
+        );
+        let one = msg(
+            "From: Contact <contact@customer.test>\nSubject: Re",
+            "AUTHORIZE",
+        );
+        assert!(matches!(one.classification, Classification::Command { .. }));
+    }
+
+    #[test]
+    fn delivery_reports_say_whom_they_are_about() {
+        let dsn = msg(
+            "From: MAILER-DAEMON@f.test\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=b",
+            "--b\nContent-Type: text/plain\n\nfailed\n--b\nContent-Type: message/delivery-status\n\n\
+             Reporting-MTA: dns; f.test\n\n\
+             Final-Recipient: rfc822; <Ana@F.test>\nAction: failed\nStatus: 5.1.1\n\
+             Diagnostic-Code: smtp; 550 5.1.1 <ana@f.test>: no such\n  user here\n\n\
+             Original-Recipient: rfc822;bo@f.test\nFinal-Recipient: rfc822;bo@g.test\n\
+             Action: delayed\nStatus: 4.4.1\n--b--\n",
+        );
+        let Classification::Bounce {
+            permanent, report, ..
+        } = &dsn.classification
+        else {
+            panic!("{dsn:?}")
+        };
+        assert!(*permanent);
+        let BounceReport::Dsn(statuses) = report else {
+            panic!("{report:?}")
+        };
+        let named: Vec<(&str, bool)> = statuses
+            .iter()
+            .map(|s| (s.address.as_str(), s.permanent))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("ana@f.test", true),
+                ("bo@f.test", false),
+                ("bo@g.test", false)
+            ]
+        );
+        let about = |r: &str| dsn.classification.bounce_about(r);
+        assert_eq!(
+            about("ana@f.test"),
+            Some((true, "5.1.1 550 5.1.1 <ana@f.test>: no such user here"))
+        );
+        assert_eq!(about("bo@g.test"), Some((false, "4.4.1")));
+        assert_eq!(about("eve@f.test"), None);
+    }
+
+    #[test]
+    fn failure_notices_count_the_addresses_of_their_own_words_only() {
+        let headers = "From: Mail Delivery System <Mailer-Daemon@mx.f.test>\n\
+                       Subject: Mail delivery failed: returning message to sender";
+        let returned = "------ This is a copy of the message, including all the headers. ------\n\
+                        \nFrom: partners@invited.test\nTo: Kate <kate@customer.test>\n\
+                        Message-ID: <aaaaaaaaaaaaaaaaaaaaaaaaa2@invited.test>\n\nHello";
+        let notice = |failed: &str| {
+            msg(
+                headers,
+                &format!(
+                    "A message that you sent could not be delivered. The following address(es) failed:\n\n  \
+                     {failed}\n    550 5.2.2 mailbox full\n\n{returned}\n"
+                ),
+            )
+        };
+        let theirs = notice("other@f.test");
+        assert_eq!(theirs.refs, ["aaaaaaaaaaaaaaaaaaaaaaaaa2"]);
+        assert_eq!(
+            theirs.classification.bounce_about("kate@customer.test"),
+            None
+        );
+        assert_eq!(
+            theirs.classification.bounce_about("other@f.test"),
+            Some((true, "550 5.2.2 mailbox full"))
+        );
+        let ours = notice("Kate@Customer.test");
+        assert_eq!(
+            ours.classification.bounce_about("kate@customer.test"),
+            Some((true, "550 5.2.2 mailbox full"))
+        );
+        // Exim names them in a header too
+        let header_only = msg(
+            &format!("{headers}\nX-Failed-Recipients: kate@customer.test"),
+            "Your message could not be delivered.",
+        );
+        assert!(header_only
+            .classification
+            .bounce_about("kate@customer.test")
+            .is_some());
+        // and a bare "MAILER-DAEMON" mail names nobody
+        let forged = msg(headers, "Your message could not be delivered.\n550 5.1.1");
+        assert_eq!(
+            forged.classification.bounce_about("kate@customer.test"),
+            None
+        );
+    }
+
+    #[test]
+    fn text_for_people_has_its_control_characters_escaped() {
+        let m = msg(
+            "From: \u{1b}[1mEve\u{1b}[0m <eve\u{1b}[31m@attacker.test>\n\
+             Subject: \u{1b}[1mHi \u{202e}gpj.exe\nMessage-ID: <id\u{1b}[0m@attacker.test>",
+            "\u{1b}[2J\u{9b}31mcall me",
+        );
+        assert_eq!(
+            m.message_id.as_deref(),
+            Some("id\u{1b}[0m@attacker.test"),
+            "exact"
+        );
+        assert_eq!(m.subject, "\\u{1b}[1mHi \\u{202e}gpj.exe");
+        assert_eq!(
+            reason(&m),
+            "first line is not a keyword: \\u{1b}[2J\\u{9b}31mcall me"
+        );
+        assert_eq!(m.from.as_deref(), Some("eve\\u{1b}[31m@attacker.test"));
+        let bounce = msg(
+            "From: MAILER-DAEMON@f.test\nSubject: failure notice",
+            "kate@customer.test:\n550 5.1.1 \u{1b}[31mno\u{7} such user",
+        );
+        let Classification::Bounce { diagnostic, .. } = &bounce.classification else {
+            panic!("{bounce:?}")
+        };
+        assert_eq!(diagnostic, "550 5.1.1 \\u{1b}[31mno\\u{7} such user");
+    }
+
+    #[test]
+    fn clip_reads_only_what_it_keeps() {
+        let long = format!("{} tail", "word ".repeat(1_000_000));
+        let clipped = clip(&long);
+        assert_eq!(clipped.chars().count(), MAX_DETAIL_CHARS + 1);
+        assert!(clipped.ends_with('…'));
+        assert_eq!(clip("  a\t\nb  "), "a b");
+        assert_eq!(
+            clip(&"x".repeat(MAX_DETAIL_CHARS)),
+            "x".repeat(MAX_DETAIL_CHARS)
+        );
+    }
+
+    #[test]
+    fn oversize_messages_are_known_by_their_header_alone() {
+        let r = "aaaaaaaaaaaaaaaaaaaaaaaaa2";
+        let head = format!(
+            "From: a@f.test\nTo: replies+{r}@invited.test\nMessage-ID: <big@f.test>\n\nYes\n"
+        );
+        let mut raw = head.clone().into_bytes();
+        raw.resize(MAX_MESSAGE_BYTES + 1, b'x');
+        let big = classify(&raw, "replies");
+        assert!(reason(&big).starts_with("too large ("), "{big:?}");
+        assert_eq!(big.message_id.as_deref(), Some("big@f.test"));
+        assert_eq!(big.from.as_deref(), Some("a@f.test"));
+        assert_eq!(big.refs, [r]);
+        let from_head = classify_too_large(head.as_bytes(), 20 << 20, "replies");
+        assert!(
+            reason(&from_head).contains("20971520 bytes"),
+            "{from_head:?}"
+        );
+        assert_eq!(from_head.message_id.as_deref(), Some("big@f.test"));
+        // a head cut inside a header drops that header rather than keep a piece of it
+        let cut = format!(
+            "From: a@f.test\n{}Message-ID: <cut",
+            "X-Pad: p\n".repeat(8000)
+        );
+        let cut = classify_too_large(&cut.as_bytes()[..MAX_HEAD_BYTES], 20 << 20, "replies");
+        assert_eq!(cut.message_id, None);
+        assert_eq!(cut.from.as_deref(), Some("a@f.test"));
+    }
+
+    #[test]
+    fn mime_the_parser_cannot_take_in_linear_time_is_not_parsed() {
+        let head = "From: a@f.test\nMessage-ID: <mime@f.test>\n\
+                    Content-Type: multipart/mixed; boundary=b";
+        let parts: String = (0..40)
+            .map(|i| format!("--b\nContent-Type: multipart/mixed; boundary=\"never-{i}\"\n\nx\n"))
+            .collect();
+        let many = msg(head, &format!("{parts}--b--\n"));
+        assert!(reason(&many).contains("MIME boundaries"), "{many:?}");
+        assert_eq!(many.message_id.as_deref(), Some("mime@f.test"));
+        let long = msg(
+            &format!(
+                "From: a@f.test\nContent-Type: multipart/mixed; boundary*0=\"{}\"",
+                "-".repeat(500)
+            ),
+            "x",
+        );
+        assert!(reason(&long).contains("MIME boundary longer"), "{long:?}");
+        // a few boundaries, and the word in the text, are fine
+        let fine = msg(
+            "From: a@f.test\nContent-Type: multipart/alternative; boundary=\"b1\"",
+            "--b1\nContent-Type: text/plain\n\nYes, the boundary is fine\n--b1--\n",
+        );
+        assert!(matches!(
+            fine.classification,
+            Classification::Command { .. }
+        ));
+    }
+
+    #[test]
+    fn refs_stop_at_the_cap() {
+        let ids: String = (0..100)
+            .map(|i| {
+                format!(
+                    " <{}@invited.test>",
+                    format!("{i:0>26}")
+                        .replace('0', "a")
+                        .replace('1', "b")
+                        .replace('8', "c")
+                        .replace('9', "d")
+                )
+            })
+            .collect();
+        let m = msg(&format!("From: a@f.test\nReferences:{ids}"), "Yes");
+        assert_eq!(m.refs.len(), MAX_REFS);
+        let mut refs = Refs::default();
+        let far = format!(
+            "replies+{}  @x.test replies+{}@x.test",
+            "b".repeat(26),
+            "c".repeat(26)
+        );
+        refs.plus_addresses(&far, "replies");
+        assert_eq!(refs.0, ["c".repeat(26)]);
     }
 }

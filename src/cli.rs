@@ -733,7 +733,7 @@ async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow
 
 /// A string field of an answer, with control characters and bidi overrides made visible: names,
 /// senders and server replies come from outside and must not steer the terminal.
-fn esc<'a>(v: &'a Value, default: &'a str) -> std::borrow::Cow<'a, str> {
+fn esc(v: &Value, default: &str) -> String {
     crate::text::escape_controls(v.as_str().unwrap_or(default))
 }
 

@@ -1,7 +1,9 @@
 //! The `imap` inbound source: IDLE when the server has it (re-issued well before the 29-minute
 //! limit), polling otherwise; UIDVALIDITY and the last handled UID kept in the store so nothing is
 //! handled twice or skipped across restarts; handled messages moved to `processed_mailbox` (or
-//! flagged where MOVE is missing); reconnects with backoff.
+//! flagged where MOVE is missing); reconnects with backoff. Each message's RFC822.SIZE is
+//! fetched before its body: one over `classify::MAX_MESSAGE_BYTES` is fetched only as far as
+//! the first `classify::MAX_HEAD_BYTES` of its header and ends `unrecognised`, "too large".
 
 use std::path::Path;
 use std::pin::Pin;
@@ -19,6 +21,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::classify;
 use crate::config::{ImapConfig, Tls};
 
 /// Re-issue IDLE well before RFC 2177's 29-minute server timeout.
@@ -198,24 +201,39 @@ pub async fn pass(
         }
         None => 0,
     };
-    let mut uids: Vec<u32> = session
-        .uid_search(format!("UID {}:*", last.saturating_add(1)))
-        .await?
-        .into_iter()
-        .filter(|u| *u > last)
-        .collect();
-    uids.sort_unstable();
+    // Sizes first (RFC822.SIZE), so an oversize message is never fetched whole.
+    let mut sizes: Vec<(u32, Option<u32>)> = Vec::new();
+    {
+        let mut fetches = session
+            .uid_fetch(format!("{}:*", last.saturating_add(1)), "(UID RFC822.SIZE)")
+            .await?;
+        while let Some(f) = fetches.next().await {
+            let f = f?;
+            // "n:*" names the last message even when it is below n
+            if let Some(uid) = f.uid.filter(|u| *u > last) {
+                sizes.push((uid, f.size));
+            }
+        }
+    }
+    sizes.sort_unstable();
+    sizes.dedup_by_key(|(uid, _)| *uid);
     let mut handled = 0;
-    for uid in uids {
+    for (uid, size) in sizes {
+        let too_large = size.is_some_and(|s| s as usize > classify::MAX_MESSAGE_BYTES);
+        // Oversize: only the first MAX_HEAD_BYTES of the header section (a partial fetch).
+        let query = if too_large {
+            format!("(UID BODY.PEEK[HEADER]<0.{}>)", classify::MAX_HEAD_BYTES)
+        } else {
+            "(UID BODY.PEEK[])".to_string()
+        };
         let raw = {
-            let mut fetches = session
-                .uid_fetch(uid.to_string(), "(UID BODY.PEEK[])")
-                .await?;
+            let mut fetches = session.uid_fetch(uid.to_string(), &query).await?;
             let mut body = None;
             while let Some(f) = fetches.next().await {
                 let f = f?;
                 if f.uid == Some(uid) {
-                    body = f.body().map(<[u8]>::to_vec);
+                    let bytes = if too_large { f.header() } else { f.body() };
+                    body = bytes.map(<[u8]>::to_vec);
                 }
             }
             body
@@ -227,9 +245,19 @@ pub async fn pass(
         };
         // Handled (outcome stored and flushed) first, then moved, then the position advanced: a
         // crash in between re-reads the message, which `handle_inbound` recognises.
-        app.handle_inbound(&raw, Utc::now())
-            .await
-            .map_err(|e| anyhow!("message UID {uid} left for the next pass: {e}"))?;
+        let outcome = match size {
+            Some(size) if too_large => {
+                app.handle_inbound_too_large(&raw, size.into(), Utc::now())
+                    .await
+            }
+            _ => app.handle_inbound(&raw, Utc::now()).await,
+        };
+        let outcome =
+            outcome.map_err(|e| anyhow!("message UID {uid} left for the next pass: {e}"))?;
+        if let Some(r) = &outcome {
+            // the record's text is escaped at the source (`app::inbound`)
+            tracing::info!(uid, message_id = %r.message_id, outcome = %r.outcome, effect = %r.effect, "inbound message");
+        }
         if can_move {
             session
                 .uid_mv(uid.to_string(), &cfg.processed_mailbox)

@@ -1,6 +1,7 @@
 //! The `maildir` inbound source: reads `new/`, hands each message to the app once, then moves it
 //! to `cur/`. A message whose handling fails stays in `new/` for the next pass; one handled
-//! before a crash (its outcome is stored by Message-ID) is only moved.
+//! before a crash (its outcome is stored by Message-ID) is only moved. Sizes are checked with
+//! `stat` before reading: an oversize message is read only as far as its header.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +11,8 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::classify;
+use crate::text::escape_controls;
 
 pub fn prepare(dir: &Path) -> std::io::Result<()> {
     for sub in ["new", "cur", "tmp"] {
@@ -18,7 +21,9 @@ pub fn prepare(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One pass over `new/`; returns how many messages were handled.
+/// One pass over `new/`; returns how many messages were handled. A message over
+/// `classify::MAX_MESSAGE_BYTES` (by `stat`) is never read whole: only its first
+/// `classify::MAX_HEAD_BYTES` are, and it ends `unrecognised`, "too large".
 pub async fn pass(app: &App, dir: &Path) -> usize {
     let mut names: Vec<PathBuf> = match std::fs::read_dir(dir.join("new")) {
         Ok(rd) => rd
@@ -32,23 +37,27 @@ pub async fn pass(app: &App, dir: &Path) -> usize {
             })
             .collect(),
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot read maildir");
+            tracing::warn!(dir = %shown(dir), error = %e, "cannot read maildir");
             return 0;
         }
     };
     names.sort();
     let mut handled = 0;
     for path in names {
-        let raw = match tokio::fs::read(&path).await {
-            Ok(r) => r,
+        let outcome = match read(&path).await {
+            Ok(Message::Whole(raw)) => app.handle_inbound(&raw, Utc::now()).await,
+            Ok(Message::TooLarge { head, size }) => {
+                app.handle_inbound_too_large(&head, size, Utc::now()).await
+            }
             Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot read message");
+                tracing::warn!(file = %shown(&path), error = %e, "cannot read message");
                 continue;
             }
         };
-        match app.handle_inbound(&raw, Utc::now()).await {
+        match outcome {
             Ok(outcome) => {
                 if let Some(r) = &outcome {
+                    // the record's text is escaped at the source (`app::inbound`)
                     tracing::info!(message_id = %r.message_id, outcome = %r.outcome, effect = %r.effect, "inbound message");
                 }
                 let name = path
@@ -57,16 +66,50 @@ pub async fn pass(app: &App, dir: &Path) -> usize {
                     .unwrap_or_default();
                 let dest = dir.join("cur").join(format!("{name}:2,S"));
                 if let Err(e) = tokio::fs::rename(&path, &dest).await {
-                    tracing::warn!(file = %path.display(), error = %e, "cannot move message to cur/");
+                    tracing::warn!(file = %shown(&path), error = %e, "cannot move message to cur/");
                 }
                 handled += 1;
             }
             Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "message left for the next pass")
+                tracing::error!(file = %shown(&path), error = %e, "message left for the next pass")
             }
         }
     }
     handled
+}
+
+enum Message {
+    Whole(Vec<u8>),
+    TooLarge { head: Vec<u8>, size: u64 },
+}
+
+/// The message at `path`, or only its head when `stat` (or the read itself, should the file
+/// grow meanwhile) says it is over the limit: memory per message stays bounded either way.
+async fn read(path: &Path) -> std::io::Result<Message> {
+    use tokio::io::AsyncReadExt;
+    let limit = classify::MAX_MESSAGE_BYTES as u64;
+    let file = tokio::fs::File::open(path).await?;
+    let size = file.metadata().await?.len();
+    let wanted = if size > limit {
+        classify::MAX_HEAD_BYTES as u64
+    } else {
+        limit + 1
+    };
+    let mut raw = Vec::with_capacity(size.min(wanted) as usize);
+    file.take(wanted).read_to_end(&mut raw).await?;
+    if size <= limit && raw.len() as u64 <= limit {
+        return Ok(Message::Whole(raw));
+    }
+    raw.truncate(classify::MAX_HEAD_BYTES);
+    Ok(Message::TooLarge {
+        head: raw,
+        size: size.max(limit + 1),
+    })
+}
+
+/// A path for the log: maildir file names are chosen by whoever delivered the message.
+fn shown(path: &Path) -> String {
+    escape_controls(&path.display().to_string())
 }
 
 pub async fn run(app: Arc<App>, dir: PathBuf, interval: Duration, shutdown: CancellationToken) {

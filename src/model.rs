@@ -161,7 +161,7 @@ impl fmt::Debug for Email {
 /// bidi overrides/isolates or Unicode line separators (they make a name read differently than
 /// it is, e.g. `\u{202e}` turning "moc.evil" around).
 pub fn check_text(s: &str) -> Result<(), String> {
-    if let Some(c) = s.chars().find(|&c| crate::text::is_unsafe_char(c)) {
+    if let Some(c) = s.chars().find(|&c| crate::text::is_escaped(c)) {
         return Err(format!(
             "contains a control character (U+{:04X}); line breaks and control characters are not allowed",
             c as u32

@@ -1,34 +1,37 @@
-//! Text that came from outside (senders, CSV rows, remote servers) made safe to print: control
-//! characters and bidi overrides are shown as visible escapes, never passed to a terminal or a log.
+//! Text from outside (mail headers and bodies, form fields, server replies) made safe to print:
+//! control characters and the invisible characters that reorder a terminal line are written as
+//! visible `\u{..}` escapes, so nobody's terminal or log viewer runs a sender's escape sequence.
 
-use std::borrow::Cow;
+use std::fmt::Write as _;
 
-/// Characters that can steer a terminal or reorder what a reader sees: C0 and C1 controls, DEL,
-/// the bidi embeddings, overrides and isolates, and the Unicode line/paragraph separators.
-pub fn is_unsafe_char(c: char) -> bool {
-    c.is_control() || is_bidi_or_separator(c)
+/// True for what [`escape_controls`] escapes: C0 (tab and line breaks included), DEL, C1, the
+/// bidi embeddings and overrides U+202A–U+202E, the bidi isolates U+2066–U+2069, and the line
+/// and paragraph separators U+2028 / U+2029.
+pub fn is_escaped(c: char) -> bool {
+    matches!(c,
+        '\u{0}'..='\u{1f}'
+        | '\u{7f}'..='\u{9f}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}'
+        | '\u{2028}'
+        | '\u{2029}')
 }
 
-/// Bidi embeddings/overrides (U+202A–U+202E), isolates (U+2066–U+2069) and U+2028/U+2029.
-pub fn is_bidi_or_separator(c: char) -> bool {
-    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
-}
-
-/// `s` with every [`is_unsafe_char`] written as `\u{…}` (so ESC becomes the six characters
-/// `\u{1b}`); borrowed when there is nothing to escape.
-pub fn escape_controls(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(is_unsafe_char) {
-        return Cow::Borrowed(s);
+/// `s` with every character [`is_escaped`] names written as `\u{1b}` (lowercase hex, Rust's
+/// notation); everything else unchanged.
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(is_escaped) {
+        return s.to_string();
     }
-    let mut out = String::with_capacity(s.len() + 8);
+    let mut out = String::with_capacity(s.len() + 16);
     for c in s.chars() {
-        if is_unsafe_char(c) {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        if is_escaped(c) {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
         } else {
             out.push(c);
         }
     }
-    Cow::Owned(out)
+    out
 }
 
 #[cfg(test)]
@@ -36,21 +39,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn controls_and_bidi_are_escaped() {
-        assert_eq!(escape_controls("plain 한국어 text"), "plain 한국어 text");
-        assert!(matches!(escape_controls("plain"), Cow::Borrowed(_)));
-        assert_eq!(
-            escape_controls("a\u{1b}]0;pwned\u{7}b"),
-            "a\\u{1b}]0;pwned\\u{7}b"
-        );
-        assert_eq!(
-            escape_controls("x\r\ny\t\u{7f}\u{9b}"),
-            "x\\u{d}\\u{a}y\\u{9}\\u{7f}\\u{9b}"
-        );
-        assert_eq!(escape_controls("\u{202e}gpj.exe"), "\\u{202e}gpj.exe");
-        assert_eq!(
-            escape_controls("a\u{2028}b\u{2069}"),
-            "a\\u{2028}b\\u{2069}"
-        );
+    fn escapes_controls_bidi_and_separators_only() {
+        let cases = [
+            ("plain text, 한국어, café", "plain text, 한국어, café"),
+            ("\u{1b}[31mred\u{1b}[0m", "\\u{1b}[31mred\\u{1b}[0m"),
+            (
+                "\u{1b}]8;;http://x\u{7}link",
+                "\\u{1b}]8;;http://x\\u{7}link",
+            ),
+            ("a\tb\r\nc\0", "a\\u{9}b\\u{d}\\u{a}c\\u{0}"),
+            ("del\u{7f} c1\u{85}\u{9b}", "del\\u{7f} c1\\u{85}\\u{9b}"),
+            ("\u{202e}txt.exe\u{202c}", "\\u{202e}txt.exe\\u{202c}"),
+            (
+                "\u{2066}\u{2069}\u{2028}\u{2029}",
+                "\\u{2066}\\u{2069}\\u{2028}\\u{2029}",
+            ),
+            ("\u{200b}\u{feff}\u{a0}", "\u{200b}\u{feff}\u{a0}"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(escape_controls(input), want, "{input:?}");
+            assert!(!escape_controls(input).chars().any(is_escaped), "{input:?}");
+        }
     }
 }

@@ -1,29 +1,61 @@
 //! Inbound mail: one outcome per message, and the transition a reply or bounce asks for.
+//!
+//! What is stored for people (the outcome's `message_id`, `from`, `effect`) has its control
+//! characters escaped; only the store key stays the exact Message-ID.
 
 use super::*;
+use crate::text::escape_controls;
 
 impl App {
     // ---- inbound -------------------------------------------------------------------------
 
     /// Handles one inbound message once: classification, the transition it asks for, and its
     /// outcome, in one batch. Returns None when this message (by Message-ID) was handled before.
+    /// A message over `classify::MAX_MESSAGE_BYTES` is handled as [`App::handle_inbound_too_large`]
+    /// would, from its first `classify::MAX_HEAD_BYTES`.
     pub async fn handle_inbound(
         &self,
         raw: &[u8],
         now: Timestamp,
     ) -> Result<Option<InboundRecord>> {
+        if raw.len() > classify::MAX_MESSAGE_BYTES {
+            let head = &raw[..classify::MAX_HEAD_BYTES];
+            return self
+                .handle_inbound_too_large(head, raw.len() as u64, now)
+                .await;
+        }
         let sh = self.shared();
         let msg = classify::classify(raw, sh.cfg.reply_to.local());
-        let key = match &msg.message_id {
-            Some(id) if !id.is_empty() => id.clone(),
-            _ => {
-                use sha2::Digest;
-                format!(
-                    "sha256:{}",
-                    data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(raw))
-                )
-            }
-        };
+        let key = inbound_key(&msg, raw);
+        self.record_inbound(&sh, &msg, key, now).await
+    }
+
+    /// A message of `size` bytes, over `classify::MAX_MESSAGE_BYTES`, of which the source read
+    /// only `head` (its first bytes or its header section): one `unrecognised` outcome, "too
+    /// large", keyed by the Message-ID of its header (without one, by a hash of `head` and
+    /// `size`, so a source that reads the same head again finds it handled).
+    pub async fn handle_inbound_too_large(
+        &self,
+        head: &[u8],
+        size: u64,
+        now: Timestamp,
+    ) -> Result<Option<InboundRecord>> {
+        let head = &head[..head.len().min(classify::MAX_HEAD_BYTES)];
+        let sh = self.shared();
+        let msg = classify::classify_too_large(head, size, sh.cfg.reply_to.local());
+        let mut hashed = head.to_vec();
+        hashed.extend_from_slice(format!("\0size={size}").as_bytes());
+        let key = inbound_key(&msg, &hashed);
+        self.record_inbound(&sh, &msg, key, now).await
+    }
+
+    async fn record_inbound(
+        &self,
+        sh: &Shared,
+        msg: &classify::Inbound,
+        key: String,
+        now: Timestamp,
+    ) -> Result<Option<InboundRecord>> {
         let seq = self.store.next_seq()?;
         let out = self.store.write(|txn| -> Result<Option<InboundRecord>> {
             if txn.inbound_seen(&key)? {
@@ -37,14 +69,14 @@ impl App {
                 }
             }
             let (outcome, effect, record) =
-                self.inbound_effect(&sh, txn, &msg, found.as_ref(), now)?;
+                self.inbound_effect(sh, txn, msg, found.as_ref(), now)?;
             let rec = InboundRecord {
-                message_id: key.clone(),
+                message_id: escape_controls(&key),
                 from: msg.from.clone().unwrap_or_default(),
                 received_at: rfc3339(&now),
                 outcome: outcome.to_string(),
                 record,
-                effect,
+                effect: escape_controls(&effect),
             };
             txn.put_inbound(&key, seq, &rec);
             Ok(Some(rec))
@@ -72,20 +104,20 @@ impl App {
             }
         };
         Ok(match &msg.classification {
-            Classification::Bounce {
-                permanent: false,
+            bounce @ Classification::Bounce {
+                permanent,
                 diagnostic,
-            } => (
-                "bounce",
-                format!("delivery delayed, no change ({})", short(diagnostic)),
-                record,
-            ),
-            Classification::Bounce {
-                permanent: true,
-                diagnostic,
+                report,
             } => {
+                let delayed =
+                    |words: &str| format!("delivery delayed, no change ({})", short(words));
                 let (Some(m), Some(mut rec)) = (mref, load(txn)?) else {
-                    return Ok(("bounce", "no record matches this bounce".into(), None));
+                    let effect = if *permanent {
+                        "no record matches this bounce".into()
+                    } else {
+                        delayed(diagnostic)
+                    };
+                    return Ok(("bounce", effect, None));
                 };
                 if m.purpose.is_none() {
                     return Ok((
@@ -94,11 +126,34 @@ impl App {
                         record,
                     ));
                 }
-                let detail = format!("hard bounce: {}", short(diagnostic));
+                // Anyone can mail our plus address something that looks like a bounce: it counts
+                // only if it reports on this record's recipient, for the email now in force.
+                let Some((permanent, words)) = bounce.bounce_about(rec.recipient().as_str()) else {
+                    let why = match report {
+                        classify::BounceReport::Dsn(_) => {
+                            "the delivery report is about another recipient"
+                        }
+                        classify::BounceReport::Notice(_) => {
+                            "the failure notice does not name the record's recipient as failed"
+                        }
+                    };
+                    return Ok(("bounce", format!("no change: {why}"), record));
+                };
+                if m.generation != rec.generation {
+                    return Ok((
+                        "bounce",
+                        "no change: a newer email (resend) replaced the one that bounced".into(),
+                        record,
+                    ));
+                }
+                if !permanent {
+                    return Ok(("bounce", delayed(words), record));
+                }
+                let detail = format!("hard bounce: {}", short(words));
                 match rec.bounce(&detail, now) {
                     Ok(to) => {
                         self.save(txn, &rec)?;
-                        Self::queue_provider_notice(sh, txn, &rec, &detail, now)?;
+                        Self::queue_provider_notice(sh, txn, &rec, words, now)?;
                         (
                             "bounce",
                             format!(
@@ -128,21 +183,17 @@ impl App {
                 let (Some(m), Some(mut rec)) = (mref, load(txn)?) else {
                     return Ok(("command", "no record matches this reply".into(), None));
                 };
-                let from_ok = msg
-                    .from
-                    .as_deref()
-                    .and_then(|f| Email::parse(f).ok())
-                    .is_some_and(|f| &f == rec.recipient());
-                if !from_ok {
+                let from = msg.from.as_deref().and_then(|f| Email::parse(f).ok());
+                let Some(from) = from.filter(|f| f == rec.recipient()) else {
                     return Ok((
                         "command",
                         format!(
-                            "ignored: From {:?} is not the record's recipient",
-                            msg.from.clone().unwrap_or_default()
+                            "ignored: From \"{}\" is not the record's recipient",
+                            msg.from.as_deref().unwrap_or_default()
                         ),
                         record,
                     ));
-                }
+                };
                 if msg.auto_submitted {
                     return Ok(("command", "ignored: auto-submitted".into(), record));
                 }
@@ -181,12 +232,14 @@ impl App {
                             if !classify::dmarc_pass(
                                 &msg.authentication_results,
                                 &sh.cfg.trusted_authserv_id,
+                                from.domain(),
                             ) =>
                         {
                             return Ok((
                                 "command",
                                 format!(
-                                    "ignored: no dmarc=pass from {}",
+                                    "ignored: no dmarc=pass for header.from={} from {}",
+                                    from.domain(),
                                     sh.cfg.trusted_authserv_id
                                 ),
                                 record,
@@ -202,5 +255,19 @@ impl App {
                 }
             }
         })
+    }
+}
+
+/// The outcome's key: the exact Message-ID, or without one a hash of `bytes`.
+fn inbound_key(msg: &classify::Inbound, bytes: &[u8]) -> String {
+    match &msg.message_id {
+        Some(id) if !id.is_empty() => id.clone(),
+        _ => {
+            use sha2::Digest;
+            format!(
+                "sha256:{}",
+                data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(bytes))
+            )
+        }
     }
 }

@@ -403,18 +403,23 @@ impl App {
         )
     }
 
+    /// Tells the provider what became of its invitation. `server_words` (empty unless the
+    /// invitation is undeliverable) is what the remote mail system said: a bounce's diagnostic
+    /// or an SMTP reply. The templates quote it as the receiving server's answer, and it comes
+    /// from a stranger, so it is clipped, stripped of control characters and of curly quotes
+    /// (it cannot close the quotation and go on in our voice) first.
     fn queue_provider_notice(
         sh: &Shared,
         txn: &mut Txn,
         rec: &Record,
-        reason: &str,
+        server_words: &str,
         now: Timestamp,
     ) -> Result<()> {
         let Some(p) = rec.provider().and_then(|p| sh.cfg.provider(p)) else {
             return Ok(());
         };
         let mut f = Self::base_fields(sh, rec);
-        f.reason = reason.to_string();
+        f.reason = quotable(server_words);
         f.recipient_name = p.name.clone();
         f.recipient_email = p.email.to_string();
         let mut notice = rec.clone();
@@ -649,6 +654,22 @@ pub struct LinkForm {
     pub action: String,
     pub consent: bool,
     pub enroll: EnrollFields,
+}
+
+/// Someone else's words, made fit to quote in our mail: whitespace and line breaks become single
+/// spaces, control characters (`crate::text::is_escaped`) go, quotation marks are straight, and
+/// at most 300 characters stay.
+fn quotable(words: &str) -> String {
+    let plain: String = words
+        .chars()
+        .map(|c| match c {
+            '\u{201c}' | '\u{201d}' | '\u{201e}' | '\u{201f}' | '\u{ab}' | '\u{bb}' => '"',
+            c if c.is_whitespace() => ' ',
+            c => c,
+        })
+        .filter(|c| !crate::text::is_escaped(*c))
+        .collect();
+    short(&plain)
 }
 
 fn short(s: &str) -> String {

@@ -44,7 +44,9 @@ impl App {
                             if let Some(mut rec) = txn.record(&item.record)? {
                                 if rec.bounce(&detail, now).is_ok() {
                                     self.save(txn, &rec)?;
-                                    Self::queue_provider_notice(&sh, txn, &rec, &detail, now)?;
+                                    let (SendError::Permanent(words)
+                                    | SendError::Transient(words)) = &e;
+                                    Self::queue_provider_notice(&sh, txn, &rec, words, now)?;
                                 }
                             }
                         }

@@ -22,6 +22,13 @@ struct Expect {
     from: Option<String>,
     record: String,
     recipient: Option<String>,
+    /// `true`: the record's link is re-sent (a new generation) after `ref` was taken, so the
+    /// message answers or bounces the replaced email
+    resend: Option<bool>,
+    /// the Message-ID as stored and printed by `invited inbound`
+    message_id: Option<String>,
+    /// a piece of the effect text (as stored and printed)
+    effect_contains: Option<String>,
     effect: String,
     note: String,
 }
@@ -195,8 +202,8 @@ fn corpus_files(dir: &Path) -> Vec<PathBuf> {
 async fn reply_corpus_has_its_expected_outcomes() {
     let files = corpus_files(Path::new("tests/data/replies"));
     assert!(
-        files.len() >= 25,
-        "the corpus holds at least 25 messages, found {}",
+        files.len() >= 41,
+        "the corpus holds at least 41 messages, found {}",
         files.len()
     );
     let mut failures = Vec::new();
@@ -219,6 +226,11 @@ async fn reply_corpus_has_its_expected_outcomes() {
             let real = newest_ref(&app, id);
             if let Some(r) = &expect.reference {
                 raw = raw.replace(r.as_str(), &real);
+            }
+            if expect.resend == Some(true) {
+                app.resend(&id.to_string(), invited::model::Channel::Cli, Utc::now())
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: resend: {e}", f.display()));
             }
             record = Some(id);
         }
@@ -252,21 +264,52 @@ async fn reply_corpus_has_its_expected_outcomes() {
             (Some(b), Some(a)) if a != b => a.to_string(),
             _ => "none".to_string(),
         };
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // what `invited inbound` prints and the log shows carries no raw control character
+        for (field, text) in [
+            ("message_id", &out.message_id),
+            ("from", &out.from),
+            ("effect", &out.effect),
+        ] {
+            if text.chars().any(invited::text::is_escaped) {
+                failures.push(format!(
+                    "{name}: raw control character in {field}: {text:?}"
+                ));
+            }
+        }
+        let checks = [
+            (
+                "from",
+                expect.from.as_ref(),
+                out.from == *expect.from.as_deref().unwrap_or(""),
+            ),
+            (
+                "message_id",
+                expect.message_id.as_ref(),
+                out.message_id == *expect.message_id.as_deref().unwrap_or(""),
+            ),
+            (
+                "effect_contains",
+                expect.effect_contains.as_ref(),
+                out.effect
+                    .contains(expect.effect_contains.as_deref().unwrap_or("")),
+            ),
+        ];
+        for (field, want, ok) in checks {
+            if let (Some(want), false) = (want, ok) {
+                failures.push(format!("{name}: {field} {want:?}, got {out:?}"));
+            }
+        }
         if out.outcome != expect.outcome || effect != expect.effect {
             failures.push(format!(
                 "{}: expected {}/{} got {}/{} ({}) — {}",
-                f.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                expect.outcome,
-                expect.effect,
-                out.outcome,
-                effect,
-                out.effect,
-                expect.note
+                name, expect.outcome, expect.effect, out.outcome, effect, out.effect, expect.note
             ));
         }
-        let _ = (&expect.keyword, &expect.bounce, &expect.from);
+        let _ = (&expect.keyword, &expect.bounce);
     }
     assert!(
         failures.is_empty(),
@@ -316,4 +359,287 @@ async fn sisimai_bounces_never_act_and_never_panic() {
         .unwrap_or_default();
     assert_eq!(state, "invited", "no sisimai message changed a record");
     println!("sisimai: {} files, outcomes {by_outcome:?}", files.len());
+}
+
+fn inbound_all(app: &App) -> Vec<invited::store::InboundRecord> {
+    app.store
+        .read()
+        .inbound_all()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn state(app: &App, id: RecordId) -> String {
+    record(app, id).state_str().to_string()
+}
+
+/// A reply to `id`'s newest message, padded with quoted lines to `size` bytes.
+fn big_reply(app: &App, id: RecordId, from: &str, message_id: &str, size: usize) -> Vec<u8> {
+    let r = newest_ref(app, id);
+    let mut raw = format!(
+        "From: <{from}>\nTo: replies+{r}@invited.test\nSubject: Re: hello\n\
+         Message-ID: <{message_id}>\nIn-Reply-To: <{r}@invited.test>\n\nYES\n\n"
+    )
+    .into_bytes();
+    let line = b"> quoted text quoted text quoted text quoted text quoted text quoted text\n";
+    while raw.len() < size {
+        raw.extend_from_slice(line);
+    }
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_ends_unrecognised_too_large_keyed_by_its_message_id() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let app = app(dir.path());
+    let id = setup(&app, "verify_contact", "big@fabrikam.test").await;
+    let raw = big_reply(
+        &app,
+        id,
+        "big@fabrikam.test",
+        "oversize-1@fabrikam.test",
+        11 << 20,
+    );
+    let out = app
+        .handle_inbound(&raw, Utc::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("handled"));
+    assert_eq!(out.outcome, "unrecognised", "{out:?}");
+    assert!(out.effect.contains("too large"), "{out:?}");
+    assert_eq!(out.message_id, "oversize-1@fabrikam.test", "{out:?}");
+    assert_eq!(out.from, "big@fabrikam.test", "{out:?}");
+    assert_eq!(
+        out.record,
+        Some(id),
+        "the record its header refers to is named"
+    );
+    assert_eq!(state(&app, id), "pending_verification", "nothing acted");
+    // the same message again (a re-delivery) is recognised by its Message-ID
+    let again = app.handle_inbound(&raw, Utc::now()).await;
+    assert!(matches!(again, Ok(None)), "{again:?}");
+    assert_eq!(inbound_all(&app).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maildir_moves_an_oversize_message_after_reading_only_its_head() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let app = app(dir.path());
+    let id = setup(&app, "verify_contact", "huge@fabrikam.test").await;
+    let inbox = dir.path().join("inbox");
+    invited::maildir::prepare(&inbox).unwrap_or_else(|e| panic!("{e}"));
+    let raw = big_reply(
+        &app,
+        id,
+        "huge@fabrikam.test",
+        "oversize-2@fabrikam.test",
+        4096,
+    );
+    let file = inbox.join("new").join("1795500000.big.test");
+    std::fs::write(&file, &raw).unwrap_or_else(|e| panic!("{e}"));
+    // 64 MiB on paper, a few KB on disk: the rest is a hole that reads as zeros
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_len(64 << 20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let handled = invited::maildir::pass(&app, &inbox).await;
+    assert_eq!(handled, 1);
+    let all = inbound_all(&app);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].outcome, "unrecognised", "{all:?}");
+    assert!(all[0].effect.contains("too large"), "{all:?}");
+    assert!(
+        all[0].effect.contains(&(64u64 << 20).to_string()),
+        "{all:?}"
+    );
+    assert_eq!(all[0].message_id, "oversize-2@fabrikam.test", "{all:?}");
+    assert_eq!(all[0].record, Some(id), "{all:?}");
+    assert!(!file.exists(), "moved out of new/");
+    let cur = std::fs::read_dir(inbox.join("cur"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(cur, 1, "moved to cur/");
+    assert_eq!(state(&app, id), "pending_verification");
+    // a second pass finds nothing left to do
+    assert_eq!(invited::maildir::pass(&app, &inbox).await, 0);
+}
+
+#[test]
+fn hostile_reference_lists_keep_only_a_handful_of_refs() {
+    let ids: Vec<String> = (0..5000u32)
+        .map(|i| {
+            // 26 distinct base32 characters per id, like our refs
+            let mut n = i;
+            (0..26)
+                .map(|k| {
+                    let c = b"abcdefghijklmnopqrstuvwxyz234567"[((n + k) % 32) as usize];
+                    n /= 2;
+                    c as char
+                })
+                .collect()
+        })
+        .collect();
+    let references: String = ids
+        .iter()
+        .map(|r| format!(" <{r}@invited.test>\n"))
+        .collect();
+    let raw = format!(
+        "From: a@fabrikam.test\nTo: replies@invited.test\nMessage-ID: <refs@fabrikam.test>\n\
+         References:{references}\nYES\n"
+    );
+    let inbound = invited::classify::classify(raw.as_bytes(), "replies");
+    // classify::MAX_REFS: a real message carries a handful
+    assert!(
+        !inbound.refs.is_empty() && inbound.refs.len() <= 16,
+        "{} refs kept",
+        inbound.refs.len()
+    );
+    // the first ids are the ones kept (a thread's root, where our Message-ID sits, comes first)
+    assert_eq!(inbound.refs[0], ids[0]);
+
+    // a plus address is `replies+<ref>@`, not `replies+<ref>` and an @ somewhere later
+    let far = format!(
+        "From: MAILER-DAEMON@f.test\nSubject: failure notice\nMessage-ID: <far@f.test>\n\n\
+         replies+{}{}@x.test\n",
+        ids[1],
+        " ".repeat(100)
+    );
+    let inbound = invited::classify::classify(far.as_bytes(), "replies");
+    assert!(inbound.refs.is_empty(), "{:?}", inbound.refs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_megabyte_bounce_of_repeated_plus_addresses_is_handled_once() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let app = app(dir.path());
+    let id = setup(&app, "authorize_provider", "target@customer.test").await;
+    let r = newest_ref(&app, id);
+    // the shape from the issue: a body that repeats `replies+` (no @ until the very end), sent
+    // to the plus address of a real invitation
+    let mut raw = format!(
+        "From: MAILER-DAEMON@attacker.test\nTo: replies@invited.test\n\
+         Delivered-To: replies+{r}@invited.test\n\
+         Subject: Undelivered Mail Returned to Sender\nMessage-ID: <plus-flood@attacker.test>\n\n"
+    );
+    while raw.len() < 10_000_000 {
+        raw.push_str("replies+");
+    }
+    raw.push_str("@x.test\n");
+    let out = app
+        .handle_inbound(raw.as_bytes(), Utc::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("handled"));
+    assert_eq!(out.outcome, "bounce", "{out:?}");
+    assert_eq!(
+        out.record,
+        Some(id),
+        "the plus address it was sent to is found"
+    );
+    assert_eq!(
+        state(&app, id),
+        "invited",
+        "a notice that names no failed recipient changes nothing: {}",
+        out.effect
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_notice_quotes_the_remote_server_clipped_and_without_control_characters() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let app = app(dir.path());
+    let id = setup(&app, "authorize_provider", "gone@customer.test").await;
+    let r = newest_ref(&app, id);
+    // the remote server tries to end the quotation and speak in our voice, with an escape
+    // sequence, and at length
+    let diagnostic = format!(
+        "smtp; 550 5.1.1 no such user\u{201d}. Contoso Distribution: \u{1b}[1mplease pay the \
+         re-activation fee to IBAN XX00 0000{}",
+        " and more".repeat(100)
+    );
+    let raw = format!(
+        "From: MAILER-DAEMON@mx.customer.test\nTo: replies+{r}@invited.test\n\
+         Subject: Undelivered Mail Returned to Sender\nMessage-ID: <notice-quote@mx.customer.test>\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n\
+         --b\nContent-Type: text/plain\n\nfailed\n--b\nContent-Type: message/delivery-status\n\n\
+         Reporting-MTA: dns; mx.customer.test\n\nFinal-Recipient: rfc822; gone@customer.test\n\
+         Action: failed\nStatus: 5.1.1\nDiagnostic-Code: {diagnostic}\n--b--\n"
+    );
+    let out = app
+        .handle_inbound(raw.as_bytes(), Utc::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("handled"));
+    assert_eq!(state(&app, id), "undeliverable", "{out:?}");
+    let items = app.store.read().outbox_all().unwrap_or_default();
+    let notice = items
+        .iter()
+        .find(|i| i.kind == invited::outbox::MailKind::ProviderNotice && i.record == id)
+        .unwrap_or_else(|| panic!("a provider notice"));
+    let sh = app.shared();
+    let sender = invited::outbox::Sender {
+        from_name: &sh.cfg.from_name,
+        from: &sh.cfg.from,
+        reply_to: &sh.cfg.reply_to,
+        public_url: &sh.cfg.public_url,
+        keys: &sh.keys,
+        templates: &sh.templates,
+    };
+    let rendered = sender.render(notice).unwrap_or_else(|e| panic!("{e}"));
+    for body in [&rendered.text, &rendered.html] {
+        assert!(!body.contains('\u{1b}'), "no raw escape:\n{body}");
+        assert_eq!(
+            body.matches('\u{201d}').count(),
+            1,
+            "no closing quote but ours:\n{body}"
+        );
+    }
+    let quoted = rendered
+        .text
+        .split_once("The receiving mail server answered: \u{201c}")
+        .and_then(|(_, q)| q.split_once('\u{201d}'))
+        .map(|(q, _)| q)
+        .unwrap_or_else(|| panic!("a quotation of the server:\n{}", rendered.text));
+    assert!(
+        quoted.starts_with(
+            "5.1.1 550 5.1.1 no such user\". Contoso Distribution: \\u{1b}[1mplease pay"
+        ),
+        "{quoted}"
+    );
+    assert!(quoted.chars().count() <= 301, "clipped: {quoted}");
+    assert!(rendered
+        .html
+        .contains("The receiving mail server answered:"));
+}
+
+#[test]
+fn escape_sequences_from_a_sender_reach_neither_the_log_nor_invited_inbound_raw() {
+    let d = crate::harness::Daemon::start(crate::harness::Options::default());
+    let raw =
+        std::fs::read("tests/data/replies/escape-sequences.eml").unwrap_or_else(|e| panic!("{e}"));
+    d.deliver("1795500001.esc.test", &String::from_utf8_lossy(&raw));
+    let shown = d.wait_inbound("esc\\u{1b}[2Jid@attacker.test");
+    assert_eq!(shown["from"], "eve\\u{1b}[31m@attacker.test", "{shown}");
+    let (ok, text, err) = d.cli(&["inbound"]);
+    assert!(ok, "{err}");
+    assert!(
+        !text
+            .chars()
+            .any(|c| c != '\n' && invited::text::is_escaped(c)),
+        "invited inbound has a raw control character:\n{text:?}"
+    );
+    // The log has the daemon's own colour codes (tracing's ANSI output); none of the sender's
+    // sequences may be there raw.
+    let log = d.log();
+    for raw in [
+        "\u{1b}[2J",
+        "\u{1b}[H",
+        "\u{1b}]8;;",
+        "\u{7}",
+        "\u{9b}",
+        "\u{202e}",
+    ] {
+        assert!(!log.contains(raw), "the daemon log has {raw:?}:\n{log:?}");
+    }
+    assert!(log.contains("esc\\u{1b}[2Jid@attacker.test"), "{log}");
 }

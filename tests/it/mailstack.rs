@@ -528,3 +528,92 @@ fn starttls_and_auth_from_a_password_file_on_submission() {
     let m = wait_inbox(&ms, "ops@contoso.test", 1).remove(0);
     assert_eq!(m.message_id, out["message_id"].as_str().unwrap_or_default());
 }
+
+/// Messages in a mailbox, by SELECT alone (no FETCH, so the server's per-session fetch counters
+/// stay the daemon's own).
+fn count(ms: &MailStack, user: &str, mailbox: &str) -> u32 {
+    let (rt, mut s) = ms.imap(user);
+    rt.block_on(async {
+        let n = s.select(mailbox).await.map(|m| m.exists).unwrap_or(0);
+        let _ = s.logout().await;
+        n
+    })
+}
+
+/// Dovecot's logout line for every finished IMAP session of `user` ("Logged out in=… out=…
+/// hdr_count=… body_count=… body_bytes=…"), as (field, value) pairs.
+fn session_summaries(ms: &MailStack, user: &str) -> Vec<HashMap<String, u64>> {
+    std::fs::read_to_string(ms.var("DOVECOT_LOG"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&format!("imap({user})")) && l.contains(" body_count="))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn an_oversize_message_is_moved_as_too_large_without_fetching_its_body() {
+    let ms = MailStack::start(&[]);
+    let mut d = Daemon::start(ms.options(true));
+    // over classify::MAX_MESSAGE_BYTES (10 MiB)
+    let size = 11 << 20;
+    let mut raw = String::from(
+        "From: Big Sender <big@fabrikam.test>\r\nTo: replies@invited.test\r\n\
+         Subject: Re: a very large answer\r\nMessage-ID: <oversize-imap@fabrikam.test>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nYES\r\n\r\n",
+    );
+    while raw.len() < size {
+        raw.push_str(
+            "> a long quoted thread, line after line after line after line after line\r\n",
+        );
+    }
+    append(&ms, "replies@invited.test", "INBOX", &[raw], false);
+    let i = d.wait_inbound("oversize-imap@fabrikam.test");
+    assert_eq!(i["outcome"], "unrecognised", "{i}");
+    assert!(
+        i["effect"].as_str().unwrap_or("").contains("too large"),
+        "{i}"
+    );
+    assert_eq!(i["from"], "big@fabrikam.test", "{i}");
+    wait_for(
+        "the message to move from INBOX to Processed",
+        Duration::from_secs(20),
+        || {
+            (count(&ms, "replies@invited.test", "Processed") == 1
+                && count(&ms, "replies@invited.test", "INBOX") == 0)
+                .then_some(())
+        },
+    );
+    // The daemon's IMAP session ends with the daemon; Dovecot then logs what it sent to it.
+    d.stop();
+    let summaries = wait_for(
+        "Dovecot's summary of the daemon's session (the one that fetched a header)",
+        Duration::from_secs(20),
+        || {
+            let s = session_summaries(&ms, "replies@invited.test");
+            s.iter()
+                .any(|s| {
+                    s.get("hdr_count").copied().unwrap_or(0) > 0
+                        || s.get("body_count").copied().unwrap_or(0) > 0
+                })
+                .then_some(s)
+        },
+    );
+    println!("Dovecot sessions of replies@invited.test: {summaries:?}");
+    for s in &summaries {
+        assert_eq!(
+            s.get("body_count"),
+            Some(&0),
+            "no body fetched: {summaries:?}"
+        );
+        assert!(
+            s.get("out").copied().unwrap_or(u64::MAX) < 1 << 20,
+            "no session was sent the 11 MiB: {summaries:?}"
+        );
+    }
+}
