@@ -327,7 +327,7 @@ fn escape_sequences_from_senders_are_shown_escaped() {
     let (_, mail) = d.invite_one(MINJI, "Fabrikam Korea Ltd.");
     let esc = "\u{1b}]0;owned\u{7}\u{1b}[2J";
     let raw = format!(
-        "From: Eve{esc} <{MINJI}>\r\nTo: {}\r\nSubject: Re: {esc}hi\r\nMessage-ID: <esc{esc}1@fabrikam.test>\r\n\
+        "From: Eve\u{1b}[2J <{MINJI}>\r\nTo: {}\r\nSubject: Re: {esc}hi\r\nMessage-ID: <esc{esc}1@fabrikam.test>\r\n\
          In-Reply-To: <{}>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
          {esc}Hello there\r\n",
         mail.reply_to, mail.message_id
