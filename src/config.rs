@@ -193,6 +193,9 @@ pub struct Provider {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
+    /// `(key, NAME)` of every `credential:NAME` that could not be resolved because
+    /// `$CREDENTIALS_DIRECTORY` is not set (see [`Config::check_credentials`]).
+    pub missing_credentials: Vec<(String, String)>,
     pub store_path: PathBuf,
     pub cache_capacity: u64,
     pub http_listen: SocketAddr,
@@ -284,7 +287,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
+/// A secret value naming a systemd credential instead of a path.
+pub const CREDENTIAL_PREFIX: &str = "credential:";
+
 impl Config {
+    /// For `serve` and `check-config`, which read the secrets: every `credential:NAME` must be
+    /// resolvable.
+    pub fn check_credentials(&self) -> Result<(), ConfigError> {
+        match self.missing_credentials.first() {
+            None => Ok(()),
+            Some((key, name)) => Err(ConfigError::Invalid {
+                path: self.path.display().to_string(),
+                key: key.clone(),
+                message: format!(
+                    "\"credential:{name}\" needs $CREDENTIALS_DIRECTORY, which systemd sets for a unit with LoadCredential={name}:… (run the daemon under systemd, or give a file path)"
+                ),
+            }),
+        }
+    }
+
     /// The file named by `--config`, else `INVITED_CONFIG`, else `config/invited.toml`.
     pub fn locate(flag: Option<&Path>) -> PathBuf {
         if let Some(p) = flag {
@@ -332,6 +353,31 @@ impl Config {
                 pb
             } else {
                 base.join(pb)
+            }
+        };
+        // A secret may be named "credential:NAME": systemd's LoadCredential= puts it in
+        // $CREDENTIALS_DIRECTORY. Without that variable it cannot be found; that is an error for
+        // `serve` and `check-config` (`check_credentials`), not for client commands, which never
+        // read secrets.
+        let missing_credentials = std::cell::RefCell::new(Vec::new());
+        let secret = |key: &str, s: &str| -> Result<PathBuf, ConfigError> {
+            let Some(name) = s.strip_prefix(CREDENTIAL_PREFIX) else {
+                return Ok(resolve(s));
+            };
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(bad(
+                    key,
+                    format!("{s:?}: a credential name is one file name"),
+                ));
+            }
+            match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) => Ok(PathBuf::from(dir).join(name)),
+                None => {
+                    missing_credentials
+                        .borrow_mut()
+                        .push((key.to_string(), name.to_string()));
+                    Ok(PathBuf::from(s))
+                }
             }
         };
         let dur = |key: &str, v: &Option<String>, default: &str| -> Result<Duration, ConfigError> {
@@ -401,8 +447,8 @@ impl Config {
             .keys
             .files
             .iter()
-            .map(|(k, v)| (k.clone(), resolve(v)))
-            .collect();
+            .map(|(k, v)| Ok((k.clone(), secret(&format!("keys.files.{k}"), v)?)))
+            .collect::<Result<_, ConfigError>>()?;
 
         let (from_name, from) = parse_mailbox(&raw.mail.from).map_err(|m| bad("mail.from", m))?;
         let reply_to = Email::parse(&raw.mail.reply_to).map_err(|m| bad("mail.reply_to", m))?;
@@ -444,7 +490,11 @@ impl Config {
                 port: o.port.unwrap_or(587),
                 tls: tls("mail.outbound.tls", &o.tls, Tls::StartTls)?,
                 username: o.username.clone(),
-                password_file: o.password_file.as_deref().map(resolve),
+                password_file: o
+                    .password_file
+                    .as_deref()
+                    .map(|f| secret("mail.outbound.password_file", f))
+                    .transpose()?,
                 ca_file: o.ca_file.as_deref().map(resolve),
             }),
             other => {
@@ -488,12 +538,15 @@ impl Config {
                         "is required for source = \"imap\"".into(),
                     )
                 })?,
-                password_file: resolve(i.password_file.as_deref().ok_or_else(|| {
-                    bad(
-                        "mail.inbound.password_file",
-                        "is required for source = \"imap\"".into(),
-                    )
-                })?),
+                password_file: secret(
+                    "mail.inbound.password_file",
+                    i.password_file.as_deref().ok_or_else(|| {
+                        bad(
+                            "mail.inbound.password_file",
+                            "is required for source = \"imap\"".into(),
+                        )
+                    })?,
+                )?,
                 mailbox: i.mailbox.clone().unwrap_or_else(|| "INBOX".into()),
                 processed_mailbox: i
                     .processed_mailbox
@@ -585,7 +638,13 @@ impl Config {
             body_limit: raw.http.body_limit.unwrap_or(64 * 1024),
             admin_socket: resolve(&raw.admin.socket),
             admin_listen,
-            admin_token_file: raw.admin.token_file.as_deref().map(resolve),
+            admin_token_file: raw
+                .admin
+                .token_file
+                .as_deref()
+                .map(|f| secret("admin.token_file", f))
+                .transpose()?,
+            missing_credentials: missing_credentials.take(),
             key_active: raw.keys.active.clone(),
             key_files,
             from_name,

@@ -17,6 +17,7 @@ use crate::templates::Templates;
 use crate::token::Keys;
 
 pub fn load_shared(cfg: Config) -> anyhow::Result<Shared> {
+    cfg.check_credentials()?;
     let keys = Keys::load(&cfg.key_active, &cfg.key_files)?;
     let templates = Templates::load(cfg.templates_dir.as_deref())?;
     Ok(Shared {

@@ -54,7 +54,11 @@ impl Keys {
     ) -> Result<Keys, KeyError> {
         let mut keys = BTreeMap::new();
         for (kid, path) in files {
-            if kid == active && !path.exists() {
+            let credential =
+                std::env::var_os("CREDENTIALS_DIRECTORY").is_some_and(|dir| path.starts_with(dir));
+            if kid == active && !path.exists() && !credential {
+                // the embedded default: a key of our own, made once. Never inside systemd's
+                // credentials directory (read-only, and a missing credential is a setup error).
                 create_key_file(path)?;
             }
             let bytes = std::fs::read(path).map_err(|e| KeyError::File {

@@ -96,6 +96,8 @@ markets = ["JP"]
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// Extra environment for `serve` (e.g. CREDENTIALS_DIRECTORY, NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     pub http: String,
 }
@@ -131,6 +133,7 @@ impl Daemon {
         Daemon {
             dir,
             config,
+            env: Vec::new(),
             child: None,
             http: String::new(),
         }
@@ -146,6 +149,7 @@ impl Daemon {
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -9,6 +9,7 @@ mod flow;
 mod hardening;
 mod harness;
 mod mailstack;
+mod service;
 mod smtp;
 mod tokens;
 mod upgrade;
