@@ -1,6 +1,6 @@
 //! The daemon as a system service: secrets from systemd credentials, logs without secrets.
 
-use crate::harness::{Daemon, Options};
+use crate::harness::Daemon;
 use crate::mailstack::{wait_inbox, MailStack};
 
 #[test]
