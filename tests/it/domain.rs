@@ -7,7 +7,7 @@ const RESELLER: &str = "minji.kim@fabrikam.test";
 
 /// An active enrollment and an authorized provider authorization for RESELLER (contoso-kr),
 /// then `n` customer invitations; returns (authorization id, customer ids with their links).
-fn authorized_reseller_with_customers(d: &Daemon, n: usize) -> (String, Vec<(String, String)>) {
+pub fn authorized_reseller_with_customers(d: &Daemon, n: usize) -> (String, Vec<(String, String)>) {
     let inv = d.invite(RESELLER, "Fabrikam Korea Ltd.")["id"]
         .as_str()
         .unwrap_or_default()

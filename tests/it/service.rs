@@ -66,3 +66,81 @@ fn secrets_come_from_the_credentials_directory() {
     // and the IMAP login used the other credential
     assert!(d.log().contains("IMAP connected"), "{}", d.log());
 }
+
+/// Every `/t/<token>` link in the file outbox, and each token's MAC part.
+fn tokens_in_outbox(d: &Daemon) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d.outbox_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let raw = std::fs::read(e.path()).unwrap_or_default();
+        let m = crate::harness::Mail::parse(&raw, None);
+        if m.text.contains("/t/") {
+            let token = m.link_path().trim_start_matches("/t/").to_string();
+            out.extend(
+                token
+                    .split('.')
+                    .filter(|p| p.len() >= 16)
+                    .map(str::to_string),
+            );
+            out.push(token);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_trace_level_run_logs_no_token_mac_key_or_password() {
+    // the whole link flow at trace level, with the file transport
+    let mut d = Daemon::new(crate::harness::Options::default());
+    d.env = vec![("INVITED_LOG".into(), "trace".into())];
+    d.spawn();
+    crate::domain::authorized_reseller_with_customers(&d, 1);
+    let mut secrets = tokens_in_outbox(&d);
+    assert!(secrets.len() >= 10, "links seen: {secrets:?}");
+    let key = std::fs::read_to_string(d.dir.path().join("keys/k1.key")).unwrap_or_default();
+    secrets.push(key.trim().to_string());
+    let log = d.log();
+    assert!(
+        log.len() > 10_000,
+        "trace logging was on: {} bytes",
+        log.len()
+    );
+    for s in &secrets {
+        assert!(!log.contains(s.as_str()), "the log holds a secret: {s}");
+    }
+
+    // SMTP AUTH and IMAP LOGIN with a password, at trace level
+    let ms = MailStack::start(&[]);
+    let mut opts = ms.options(true);
+    opts.outbound = Some(format!(
+        "transport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nca_file = \"{}\"\nusername = \"replies@invited.test\"\npassword_file = \"{}\"",
+        ms.port("SUBMISSION_PORT"),
+        ms.var("CA_CERT"),
+        ms.password_file().display()
+    ));
+    let mut m = Daemon::new(opts);
+    m.env = vec![("INVITED_LOG".into(), "trace".into())];
+    m.spawn();
+    assert_eq!(
+        m.json(&["send-test-email", "ops@contoso.test"])["state"],
+        "sent"
+    );
+    crate::harness::wait_for("an IMAP login", std::time::Duration::from_secs(20), || {
+        m.log().contains("IMAP connected").then_some(())
+    });
+    let log = m.log();
+    let password = ms.var("PASSWORD");
+    assert!(password.len() >= 8);
+    use data_encoding::BASE64;
+    let plain = BASE64.encode(format!("\0replies@invited.test\0{password}").as_bytes());
+    for s in [
+        password.as_str(),
+        plain.as_str(),
+        &BASE64.encode(password.as_bytes()),
+    ] {
+        assert!(!log.contains(s), "the log holds the password ({s})");
+    }
+}
