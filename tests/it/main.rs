@@ -2,8 +2,10 @@
 
 mod corpus;
 mod crash;
+mod edge;
 mod flow;
 mod harness;
 mod mailstack;
+mod slowclient;
 mod smtp;
 mod tokens;
