@@ -3,10 +3,10 @@
 //! buffer, a time limit on every phase of a connection, and graceful shutdown on the daemon's
 //! token. Also the open-files budget the public cap is clamped to.
 //!
-//! Taking the slot first means connections over the cap wait in the kernel's listen backlog (a
-//! few hundred bytes of kernel memory each) rather than in our file table and heap; the file
-//! descriptors left over keep the admin socket, the store, the inbound source and the sender
-//! working while the public listener is saturated.
+//! Taking the slot first means connections over the cap wait in the kernel's listen backlog (kernel
+//! memory, bounded by the backlog and the socket buffer sizes) rather than in our file table and
+//! heap; the file descriptors left over keep the admin socket, the store, the inbound source and
+//! the sender working while the public listener is saturated.
 //!
 //! The time limits, per connection:
 //! - a new connection must deliver a complete request head within `header_timeout` of `accept`
@@ -49,12 +49,15 @@ use tower::ServiceExt;
 use crate::metrics::{Close, ListenerStats};
 
 /// hyper's `max_buf_size`: the most a request head may take in memory (hyper answers a longer
-/// head with a bare 431 itself). Large enough that a URI over our own limit (`MAX_URI_BYTES`,
-/// answered with the generic page and status 414) plus a browser's usual headers fits; small
-/// enough that a few hundred unfinished heads cost a few MiB. hyper's default is ~400 KiB.
+/// head with a bare 431 itself, no body and none of our headers). hyper's default is ~400 KiB,
+/// which let 1,000 unfinished heads cost 120 MiB. 32 KiB leaves room for a request target well
+/// over our own limit (`MAX_URI_BYTES`) plus a browser's usual headers, so a too-long link gets
+/// our page; only a head over 32 KiB in all gets hyper's 431. Browsers can send longer URLs
+/// (Chromium allows 2 MB): no bounded buffer covers every one, and none of ours is near this.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
-/// Longer request targets get the generic page with status 414 (see `http`).
+/// Longer request targets get the generic page with status 414 (see `http`). RFC 9110 §4.1 asks
+/// for at least 8000 octets to be supported; our links are under 200.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
 /// Descriptors kept back from the public listener for everything else the daemon opens: the sled

@@ -221,9 +221,11 @@ async fn attacker(
     }
 }
 
-/// `GET /healthz` on a fresh connection: Some(status line and body) or None within PROBE.
+/// `GET /healthz` on a fresh connection, connected and answered within PROBE each.
 fn healthz(addr: &str) -> Result<String, String> {
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let sa = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&sa, PROBE).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(PROBE)).ok();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .map_err(|e| format!("write: {e}"))?;
