@@ -1,6 +1,6 @@
 //! Hostile HTTP clients against the public listener, with the daemon under a low open-files limit
 //! (`prlimit --nofile=256:256`): hundreds of slow-header connections (a header line every second,
-//! never finished), silent ones, idle kept-alive ones and unfinished 200 KiB heads, each slot
+//! never finished), silent ones, idle kept-alive ones and unfinished 384 KiB heads, each slot
 //! reconnecting as soon as the server drops it, so there are always far more than fit. Throughout,
 //! `/healthz` must answer on a fresh connection, the CLI must work over the admin socket, and the
 //! maildir reader must keep handling mail; afterwards every hostile connection must have been
@@ -25,7 +25,8 @@ const LOAD: Duration = Duration::from_secs(40);
 const DRAIN: Duration = Duration::from_secs(60);
 /// A probe (health check, CLI command, maildir message) must complete within this.
 const PROBE: Duration = Duration::from_secs(60);
-const BIG_HEADER: usize = 200 * 1024;
+/// Under hyper's default head limit (~400 KiB), so without our 32 KiB limit the server keeps them.
+const BIG_HEADER: usize = 384 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -35,7 +36,7 @@ enum Kind {
     Silent,
     /// One complete keep-alive request, then nothing.
     Idle,
-    /// A head with one 200 KiB header, never finished.
+    /// A head with one 384 KiB header, never finished.
     Big,
 }
 
@@ -55,8 +56,6 @@ struct Tally {
     still_open: AtomicU64,
     /// Idle connections whose request was answered before they went idle.
     answered: AtomicU64,
-    /// Big heads answered with 431 by the server.
-    refused_431: AtomicU64,
     /// Silent connections that poked a byte after the load (see `hostile`).
     poked: AtomicU64,
 }
@@ -170,24 +169,13 @@ async fn hostile(
         Kind::Big => {
             let mut head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
             head.resize(head.len() + BIG_HEADER, b'a');
-            let closed = match tokio::time::timeout_at(deadline, s.write_all(&head)).await {
-                Err(_) => return false,
+            // the server answers 431 and closes; the reset for our unsent rest usually discards
+            // that answer here, so the daemon's own count (head_too_large) is what is checked
+            match tokio::time::timeout_at(deadline, s.write_all(&head)).await {
+                Err(_) => false,
                 Ok(Err(_)) => true,
                 Ok(Ok(())) => until_closed(s, deadline, &mut seen).await,
-            };
-            if closed {
-                // the answer may still be readable after a reset of our unsent rest
-                let _ = until_closed(
-                    s,
-                    tokio::time::Instant::now() + Duration::from_millis(200),
-                    &mut seen,
-                )
-                .await;
             }
-            if seen.starts_with(b"HTTP/1.1 431") {
-                t.refused_431.fetch_add(1, Ordering::Relaxed);
-            }
-            closed
         }
     }
 }
@@ -346,7 +334,8 @@ fn slow_and_idle_clients_cannot_starve_the_daemon() {
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let stop = Arc::new(AtomicBool::new(false));
-    let deadline = tokio::time::Instant::now() + LOAD + DRAIN;
+    // a backstop only: the drain below is timed from the moment the load stops
+    let deadline = tokio::time::Instant::now() + LOAD + DRAIN + 4 * PROBE;
     let tallies: BTreeMap<Kind, Arc<Tally>> = ATTACKERS
         .iter()
         .map(|(k, _, _)| (*k, Arc::new(Tally::default())))
@@ -371,7 +360,8 @@ fn slow_and_idle_clients_cannot_starve_the_daemon() {
     let mut rounds = 0;
     let mut max_fds = 0;
     let start = Instant::now();
-    while start.elapsed() < LOAD {
+    // at least two rounds under load, however slow the machine
+    while rounds < 2 || start.elapsed() < LOAD {
         rounds += 1;
         max_fds = max_fds.max(open_fds(pid));
         let t = Instant::now();
@@ -414,11 +404,16 @@ fn slow_and_idle_clients_cannot_starve_the_daemon() {
     }
     stop.store(true, Ordering::Relaxed);
     // every attacker finishes once the server has closed its current connection
+    let mut tasks = tasks;
     rt.block_on(async {
-        for t in tasks {
-            let _ = t.await;
-        }
+        let _ = tokio::time::timeout(DRAIN, async {
+            for t in &mut tasks {
+                let _ = t.await;
+            }
+        })
+        .await;
     });
+    let unfinished = tasks.iter().filter(|t| !t.is_finished()).count();
     drop(rt);
     let rss_peak = proc_status(pid, "VmHWM:").unwrap_or(0);
     let after = healthz(&d.http);
@@ -436,7 +431,7 @@ fn slow_and_idle_clients_cannot_starve_the_daemon() {
         .unwrap_or(0);
 
     let mut report = format!(
-        "{rounds} probe rounds in {:?}; peak fds {max_fds}/{NOFILE}; public connection limit {limit}; \
+        "{rounds} probe rounds in {:?}; {unfinished} attackers unfinished after the drain; peak fds {max_fds}/{NOFILE}; public connection limit {limit}; \
          RSS {rss_before} kB before, peak {rss_peak} kB\nserver closes: header_timeout {}, \
          idle_timeout {}, head_too_large {}, body_timeout {}, write_stalled {}, error {}, done {}\n",
         start.elapsed(),
@@ -451,21 +446,20 @@ fn slow_and_idle_clients_cannot_starve_the_daemon() {
     for (kind, t) in &tallies {
         report.push_str(&format!(
             "{kind:?}: {} connections, {} closed by the server, {} still open at the end, \
-             {} answered, {} refused with 431, {} poked after the load\n",
+             {} answered, {} poked after the load\n",
             t.connected.load(Ordering::Relaxed),
             t.closed_by_server.load(Ordering::Relaxed),
             t.still_open.load(Ordering::Relaxed),
             t.answered.load(Ordering::Relaxed),
-            t.refused_431.load(Ordering::Relaxed),
             t.poked.load(Ordering::Relaxed),
         ));
     }
     eprintln!("{report}");
 
     assert!(failures.is_empty(), "{failures:#?}\n{report}");
-    assert!(
-        rounds >= 2,
-        "at least two probe rounds under load\n{report}"
+    assert_eq!(
+        unfinished, 0,
+        "every hostile connection open when the load stopped is closed by the server within {DRAIN:?}\n{report}"
     );
     if let Err(e) = after {
         panic!("/healthz after the load: {e}\n{report}");
@@ -497,7 +491,7 @@ fn slow_and_idle_clients_cannot_starve_the_daemon() {
     );
     assert!(
         closed("head_too_large") >= 200,
-        "200 KiB heads refused at the head buffer\n{report}"
+        "384 KiB heads refused at the head buffer\n{report}"
     );
     assert!(
         limit > 0 && limit < NOFILE,
@@ -516,10 +510,12 @@ fn slow_and_idle_clients_cannot_starve_the_daemon() {
         log.contains("clamped below the open-files limit"),
         "the clamp is logged with its numbers:\n{log}"
     );
-    // 200 unfinished 200 KiB heads would hold 40 MiB+ in buffers without the bounded head buffer
+    // Unfinished 384 KiB heads cost up to ~0.5 MiB each in hyper's default buffer (without the
+    // limits this load took the daemon from 37 to 118 MB); with the 32 KiB head buffer the peak
+    // stays a few MiB over the start.
     assert!(
-        rss_peak < rss_before + 32 * 1024,
-        "peak RSS {rss_peak} kB stays within 32 MiB of {rss_before} kB\n{report}"
+        rss_peak < rss_before + 24 * 1024,
+        "peak RSS {rss_peak} kB stays within 24 MiB of {rss_before} kB\n{report}"
     );
     // and the daemon still works normally afterwards
     wait_for("an invitation mail", Duration::from_secs(20), || {
