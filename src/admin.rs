@@ -1,5 +1,7 @@
 //! The admin API (JSON over HTTP) that the CLI and scripts use: on a Unix socket whose file
-//! permissions are the access control, and optionally on TCP behind a bearer token.
+//! permissions are the access control, and optionally on TCP behind a bearer token. Also the
+//! home of `GET /metrics`: on both admin listeners and on `[http] metrics_listen`, never on the
+//! public listener.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +22,9 @@ use crate::rules::{EnrollmentFile, InviteRow};
 pub struct AdminState {
     pub app: Arc<App>,
     pub http_addr: String,
+    /// The bound addresses of the optional admin TCP and metrics listeners.
+    pub admin_addr: Option<String>,
+    pub metrics_addr: Option<String>,
     /// Present on the TCP listener: requests must carry `Authorization: Bearer <token>`.
     pub token: Option<String>,
 }
@@ -44,6 +49,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/inbound", get(inbound))
         .route("/v1/export", get(export))
         .route("/v1/backup", get(backup))
+        .route("/metrics", get(admin_metrics))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
@@ -66,6 +72,36 @@ async fn auth(State(st): S, req: axum::extract::Request, next: axum::middleware:
         }
     }
     next.run(req).await
+}
+
+/// The `[http] metrics_listen` listener: `GET /metrics` and nothing else.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(app): State<Arc<App>>| async move { metrics(&app) }),
+        )
+        .with_state(app)
+}
+
+async fn admin_metrics(State(st): S) -> Response {
+    metrics(&st.app)
+}
+
+/// Prometheus text: outbox depth, sent / retried / failed, inbound by outcome, transitions by
+/// kind, connections per listener.
+fn metrics(app: &App) -> Response {
+    let body = app
+        .metrics
+        .render(app.store.outbox_depth(), app.store.outbox_dead_count());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
@@ -106,6 +142,8 @@ async fn status(State(st): S) -> R {
     to_value(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "http": st.http_addr,
+        "admin_http": st.admin_addr,
+        "metrics": st.metrics_addr,
         "outbox_depth": st.app.store.outbox_depth(),
     }))
 }

@@ -39,6 +39,10 @@ struct RawHttp {
     listen: String,
     public_url: String,
     body_limit: Option<usize>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +205,16 @@ pub struct Config {
     pub http_listen: SocketAddr,
     pub public_url: String,
     pub body_limit: usize,
+    /// A request head must arrive in full within this (from `accept`, or from its first byte
+    /// on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request, and how long a response
+    /// write may make no progress; also bounds the arrival of a request body.
+    pub idle_timeout: Duration,
+    /// The public listener's connection cap before it is clamped below the open-files limit.
+    pub max_connections: usize,
+    /// A listener serving only `GET /metrics`.
+    pub metrics_listen: Option<SocketAddr>,
     pub admin_socket: PathBuf,
     pub admin_listen: Option<SocketAddr>,
     pub admin_token_file: Option<PathBuf>,
@@ -406,6 +420,35 @@ impl Config {
             return Err(bad(
                 "http.public_url",
                 "must start with http:// or https://".into(),
+            ));
+        }
+        let positive = |key: &str, v: &Option<String>, default: &str| {
+            let d = dur(key, v, default)?;
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                return Err(bad(key, "must be more than 0 and at most 1h".into()));
+            }
+            Ok(d)
+        };
+        let header_timeout = positive("http.header_timeout", &raw.http.header_timeout, "10s")?;
+        let idle_timeout = positive("http.idle_timeout", &raw.http.idle_timeout, "60s")?;
+        let max_connections = raw.http.max_connections.unwrap_or(512);
+        if max_connections == 0 || max_connections > 65_536 {
+            return Err(bad(
+                "http.max_connections",
+                format!("{max_connections} is not between 1 and 65536"),
+            ));
+        }
+        let metrics_listen: Option<SocketAddr> = match &raw.http.metrics_listen {
+            Some(l) => Some(
+                l.parse()
+                    .map_err(|e| bad("http.metrics_listen", format!("{l:?}: {e}")))?,
+            ),
+            None => None,
+        };
+        if metrics_listen.is_some_and(|m| m == http_listen && m.port() != 0) {
+            return Err(bad(
+                "http.metrics_listen",
+                "must not be the public http.listen address: metrics are not public".into(),
             ));
         }
         let admin_listen = match &raw.admin.listen {
@@ -636,6 +679,10 @@ impl Config {
             http_listen,
             public_url,
             body_limit: raw.http.body_limit.unwrap_or(64 * 1024),
+            header_timeout,
+            idle_timeout,
+            max_connections,
+            metrics_listen,
             admin_socket: resolve(&raw.admin.socket),
             admin_listen,
             admin_token_file: raw
@@ -728,6 +775,43 @@ mod tests {
         assert!(matches!(c.inbound, Inbound::Maildir { .. }));
         assert_eq!(c.reply_authorize, ReplyAuthorize::Dmarc);
         assert!(!c.providers.is_empty());
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections, 512);
+        assert_eq!(c.metrics_listen, None);
+    }
+
+    #[test]
+    fn http_limits_and_metrics_listen() {
+        let with = |extra: &str| SHIPPED.replace("[http]\n", &format!("[http]\n{extra}\n"));
+        let c = parse(&with(
+            "header_timeout = \"2s\"\nidle_timeout = \"500ms\"\nmax_connections = 100\nmetrics_listen = \"127.0.0.1:9090\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.max_connections, 100);
+        assert_eq!(c.metrics_listen, "127.0.0.1:9090".parse().ok());
+        let cases = [
+            ("header_timeout = \"10\"", "http.header_timeout"),
+            ("header_timeout = \"0s\"", "http.header_timeout"),
+            ("idle_timeout = \"soon\"", "http.idle_timeout"),
+            ("idle_timeout = \"2d\"", "http.idle_timeout"),
+            ("max_connections = 0", "http.max_connections"),
+            ("max_connections = 1000000", "http.max_connections"),
+            ("metrics_listen = \"everywhere\"", "http.metrics_listen"),
+            ("metrics_listen = \"127.0.0.1:8080\"", "http.metrics_listen"),
+        ];
+        for (extra, key) in cases {
+            let err = parse(&with(extra))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains(key),
+                "{extra}: error {err:?} should name {key}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `invited serve`: opens the store, binds the listeners, starts every task under one shutdown
-//! token, reloads on SIGHUP and drains on SIGTERM.
+//! `invited serve`: opens the store, binds the listeners (sized to the open-files limit), starts
+//! every task under one shutdown token, reloads on SIGHUP and drains on SIGTERM.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{App, Shared};
 use crate::config::{Config, Inbound};
+use crate::listener::{self, Limits};
 use crate::store::Store;
 use crate::templates::Templates;
 use crate::token::Keys;
@@ -53,6 +54,7 @@ async fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
 
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let cfg = Config::load(config_path)?;
+    let nofile = listener::raise_open_files_limit();
     let shared = load_shared(cfg.clone())?;
     if let Some(dir) = cfg.store_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -69,73 +71,116 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         cfg.concurrency,
     )?);
 
-    let http = TcpListener::bind(cfg.http_listen)
-        .await
+    // every listener is bound before anything is served, so the status endpoint can name them all
+    let http = listener::bind_tcp(cfg.http_listen)
         .with_context(|| format!("binding http.listen {}", cfg.http_listen))?;
     let http_addr = http.local_addr()?;
     let admin_sock = bind_admin_socket(&cfg.admin_socket).await?;
+    let admin_tcp = match (cfg.admin_listen, &cfg.admin_token_file) {
+        (Some(addr), Some(token_file)) => {
+            let token = std::fs::read_to_string(token_file)
+                .with_context(|| format!("admin.token_file {}", token_file.display()))?;
+            let token = token.trim().to_string();
+            if token.len() < 16 {
+                return Err(anyhow!(
+                    "admin.token_file {}: the token must be at least 16 characters",
+                    token_file.display()
+                ));
+            }
+            let l =
+                listener::bind_tcp(addr).with_context(|| format!("binding admin.listen {addr}"))?;
+            Some((l, token))
+        }
+        _ => None,
+    };
+    let metrics_tcp = match cfg.metrics_listen {
+        Some(addr) => Some(
+            listener::bind_tcp(addr)
+                .with_context(|| format!("binding http.metrics_listen {addr}"))?,
+        ),
+        None => None,
+    };
+    let addr_of = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).ok();
+    let admin_addr = admin_tcp.as_ref().and_then(|(l, _)| addr_of(l));
+    let metrics_addr = metrics_tcp.as_ref().and_then(addr_of);
+
+    // The public cap stays below the open-files limit: what the other listeners may hold, the
+    // sender's SMTP connections and a fixed reserve for the store, inbound mail and the runtime
+    // are kept back.
+    let reserved = listener::RESERVED_FDS
+        + cfg.concurrency as u64
+        + listener::ADMIN_SOCKET_CONNECTIONS as u64
+        + admin_tcp
+            .as_ref()
+            .map_or(0, |_| listener::ADMIN_TCP_CONNECTIONS as u64)
+        + metrics_tcp
+            .as_ref()
+            .map_or(0, |_| listener::METRICS_CONNECTIONS as u64);
+    let public_cap =
+        listener::public_cap(cfg.max_connections, nofile, reserved).map_err(|m| anyhow!(m))?;
+    if public_cap < cfg.max_connections {
+        tracing::warn!(
+            open_files_limit = nofile,
+            reserved,
+            max_connections = cfg.max_connections,
+            effective = public_cap,
+            "http.max_connections clamped below the open-files limit: serving at most {public_cap} public connections"
+        );
+    }
+    tracing::info!(
+        open_files_limit = nofile,
+        public_connections = public_cap,
+        header_timeout = ?cfg.header_timeout,
+        idle_timeout = ?cfg.idle_timeout,
+        "http limits"
+    );
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    let state = Arc::new(crate::admin::AdminState {
-        app: app.clone(),
-        http_addr: http_addr.to_string(),
-        token: None,
-    });
-    {
-        let router = crate::admin::router(state);
-        let sd = shutdown.clone();
-        tracker.spawn(async move {
-            if let Err(e) = axum::serve(admin_sock, router)
-                .with_graceful_shutdown(sd.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "admin socket server");
-            }
-        });
-    }
-    if let (Some(addr), Some(token_file)) = (cfg.admin_listen, &cfg.admin_token_file) {
-        let token = std::fs::read_to_string(token_file)
-            .with_context(|| format!("admin.token_file {}", token_file.display()))?;
-        let token = token.trim().to_string();
-        if token.len() < 16 {
-            return Err(anyhow!(
-                "admin.token_file {}: the token must be at least 16 characters",
-                token_file.display()
-            ));
-        }
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding admin.listen {addr}"))?;
-        let st = Arc::new(crate::admin::AdminState {
+    let admin_state = |token: Option<String>| {
+        Arc::new(crate::admin::AdminState {
             app: app.clone(),
             http_addr: http_addr.to_string(),
-            token: Some(token),
-        });
-        let router = crate::admin::router(st);
-        let sd = shutdown.clone();
-        tracker.spawn(async move {
-            if let Err(e) = axum::serve(l, router)
-                .with_graceful_shutdown(sd.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "admin TCP server");
-            }
-        });
+            admin_addr: admin_addr.clone(),
+            metrics_addr: metrics_addr.clone(),
+            token,
+        })
+    };
+    // The admin socket: long requests (a bulk invite chunk) are never cut, only idle or slow
+    // clients are (see `listener`).
+    tracker.spawn(listener::serve(
+        admin_sock,
+        crate::admin::router(admin_state(None)),
+        Limits::from_config(&cfg, listener::ADMIN_SOCKET_CONNECTIONS),
+        app.metrics.listener("admin_socket"),
+        shutdown.clone(),
+    ));
+    if let Some((l, token)) = admin_tcp {
+        tracker.spawn(listener::serve(
+            l,
+            crate::admin::router(admin_state(Some(token))),
+            Limits::from_config(&cfg, listener::ADMIN_TCP_CONNECTIONS),
+            app.metrics.listener("admin_tcp"),
+            shutdown.clone(),
+        ));
     }
-    {
-        let router = crate::http::router(app.clone());
-        let sd = shutdown.clone();
-        tracker.spawn(async move {
-            if let Err(e) = axum::serve(http, router)
-                .with_graceful_shutdown(sd.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "http server");
-            }
-        });
+    if let Some(l) = metrics_tcp {
+        tracker.spawn(listener::serve(
+            l,
+            crate::admin::metrics_router(app.clone()),
+            Limits::from_config(&cfg, listener::METRICS_CONNECTIONS),
+            app.metrics.listener("metrics"),
+            shutdown.clone(),
+        ));
     }
+    tracker.spawn(listener::serve(
+        http,
+        crate::http::router(app.clone()),
+        Limits::from_config(&cfg, public_cap),
+        app.metrics.listener("public"),
+        shutdown.clone(),
+    ));
     tracker.spawn(crate::sender::run(app.clone(), transport, shutdown.clone()));
     match &cfg.inbound {
         Inbound::Maildir { dir } => {

@@ -1,11 +1,15 @@
-//! The public HTTP edge: link pages (`/t/{token}`), health, readiness, metrics. GET and HEAD
-//! never change state; every invalid link gets the same page and status.
+//! The public HTTP edge: link pages (`/t/{token}`), health, readiness. GET and HEAD never change
+//! state; every invalid link gets the same page and status, and so does every unknown path, a
+//! malformed `/t/…` and (with status 414) an over-long URI. `/metrics` is not here (see
+//! `admin`); connection limits are in `listener`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Form, Router};
@@ -26,10 +30,32 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/assets/style.css", get(style))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), limit_uri))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(app)
+}
+
+/// Any path we do not serve (`/metrics` included) gets the generic invalid page.
+async fn not_found(State(app): State<Arc<App>>) -> Response {
+    invalid(&app, None)
+}
+
+/// A request target longer than `MAX_URI_BYTES` gets the generic page with status 414, before
+/// routing. Longer heads than hyper's buffer (`listener::MAX_HEAD_BYTES`) never get here: hyper
+/// answers those with a bare 431 itself.
+async fn limit_uri(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let uri = req.uri();
+    let len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if len > crate::listener::MAX_URI_BYTES {
+        let mut res = invalid(&app, None);
+        *res.status_mut() = StatusCode::URI_TOO_LONG;
+        return res;
+    }
+    next.run(req).await
 }
 
 async fn security_headers(mut res: Response) -> Response {
@@ -72,13 +98,6 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "store not open\n").into_response()
     }
-}
-
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let body = app
-        .metrics
-        .render(app.store.outbox_depth(), app.store.outbox_dead_count());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 fn html(status: StatusCode, body: String) -> Response {
@@ -160,11 +179,21 @@ fn page_name(app: &App, rec: &Record, purpose: Purpose) -> &'static str {
     }
 }
 
+/// A query string that does not decode is ignored (the page falls back to the record's locale).
+fn query(q: Result<Query<HashMap<String, String>>, QueryRejection>) -> HashMap<String, String> {
+    q.map(|Query(q)| q).unwrap_or_default()
+}
+
 async fn open(
     State(app): State<Arc<App>>,
-    Path(token): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    token: Result<Path<String>, PathRejection>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
+    let q = query(q);
+    // a token that does not even decode (`/t/%ff%fe`) is just another invalid link
+    let Ok(Path(token)) = token else {
+        return invalid(&app, q.get("lang").map(String::as_str));
+    };
     match app.check_link(&token, Utc::now()) {
         LinkCheck::Open { record, purpose } => {
             let locale = locale_for(&app, &q, &record);
@@ -188,10 +217,22 @@ async fn open(
 
 async fn submit(
     State(app): State<Arc<App>>,
-    Path(token): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    Form(form): Form<HashMap<String, String>>,
+    token: Result<Path<String>, PathRejection>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
+    let q = query(q);
+    let Ok(Path(token)) = token else {
+        return invalid(&app, q.get("lang").map(String::as_str));
+    };
+    let form = match form {
+        Ok(Form(form)) => form,
+        // a body that could not be read (too large: 413, or cut off) is refused as such
+        Err(FormRejection::BytesRejection(e)) => return e.into_response(),
+        // a body that is not a form is an empty form: the token decides (generic page, or the
+        // "not done" page for a live link); nothing changes either way
+        Err(_) => HashMap::new(),
+    };
     let get = |k: &str| form.get(k).cloned().unwrap_or_default();
     let link_form = LinkForm {
         action: get("action"),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod imap;
+pub mod listener;
 pub mod maildir;
 pub mod metrics;
 pub mod model;

@@ -1,8 +1,10 @@
 //! Counters for `/metrics` (Prometheus text format). Plain atomics: no registry crate needed.
+//! `/metrics` is served on the admin listeners and `[http] metrics_listen`, never on the public
+//! listener (see `admin`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 pub struct Metrics {
@@ -11,6 +13,79 @@ pub struct Metrics {
     pub failed: AtomicU64,
     inbound: Mutex<BTreeMap<String, u64>>,
     transitions: Mutex<BTreeMap<String, u64>>,
+    listeners: Mutex<Vec<(&'static str, Arc<ListenerStats>)>>,
+}
+
+/// Why a connection ended, as counted in `invited_http_connections_closed_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// The client or the server ended it normally (including graceful shutdown).
+    Done,
+    /// The request head did not arrive in full within `header_timeout`.
+    HeaderTimeout,
+    /// A kept-alive connection sent no new request within `idle_timeout`.
+    IdleTimeout,
+    /// The request body did not arrive in full in time.
+    BodyTimeout,
+    /// The client read nothing of the response for `idle_timeout`.
+    WriteStalled,
+    /// The request head outgrew the head buffer (hyper answers 431 itself).
+    HeadTooLarge,
+    /// Anything else: a reset, a malformed request, a hang-up mid-request.
+    Error,
+}
+
+impl Close {
+    pub const ALL: [Close; 7] = [
+        Close::Done,
+        Close::HeaderTimeout,
+        Close::IdleTimeout,
+        Close::BodyTimeout,
+        Close::WriteStalled,
+        Close::HeadTooLarge,
+        Close::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Close::Done => "done",
+            Close::HeaderTimeout => "header_timeout",
+            Close::IdleTimeout => "idle_timeout",
+            Close::BodyTimeout => "body_timeout",
+            Close::WriteStalled => "write_stalled",
+            Close::HeadTooLarge => "head_too_large",
+            Close::Error => "error",
+        }
+    }
+}
+
+/// The connection counters of one HTTP listener (public, admin socket, admin TCP, metrics).
+#[derive(Default)]
+pub struct ListenerStats {
+    limit: AtomicU64,
+    open: AtomicU64,
+    pub(crate) accepted: AtomicU64,
+    closed: [AtomicU64; Close::ALL.len()],
+}
+
+impl ListenerStats {
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit as u64, Ordering::Relaxed);
+    }
+    pub fn opened(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn closed(&self, why: Close) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.closed[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+    pub fn closed_count(&self, why: Close) -> u64 {
+        self.closed[why as usize].load(Ordering::Relaxed)
+    }
 }
 
 impl Metrics {
@@ -24,6 +99,17 @@ impl Metrics {
     pub fn transition(&self, kind: &str, to: &str) {
         let mut m = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry(format!("{kind}\u{0}{to}")).or_default() += 1;
+    }
+
+    /// The counters of the listener called `name` (created on first use).
+    pub fn listener(&self, name: &'static str) -> Arc<ListenerStats> {
+        let mut l = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, s)) = l.iter().find(|(n, _)| *n == name) {
+            return s.clone();
+        }
+        let s = Arc::new(ListenerStats::default());
+        l.push((name, s.clone()));
+        s
     }
 
     pub fn render(&self, outbox_depth: usize, dead: usize) -> String {
@@ -75,6 +161,46 @@ impl Metrics {
                 "invited_transitions_total{{kind=\"{kind}\",to=\"{to}\"}} {v}\n"
             ));
         }
+        self.render_listeners(&mut s);
         s
+    }
+
+    fn render_listeners(&self, s: &mut String) {
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        s.push_str("# HELP invited_http_connection_limit Connections a listener serves at once (more wait in the kernel backlog).\n# TYPE invited_http_connection_limit gauge\n");
+        for (name, l) in &listeners {
+            s.push_str(&format!(
+                "invited_http_connection_limit{{listener=\"{name}\"}} {}\n",
+                l.limit.load(Ordering::Relaxed)
+            ));
+        }
+        s.push_str("# HELP invited_http_connections_open Connections open now.\n# TYPE invited_http_connections_open gauge\n");
+        for (name, l) in &listeners {
+            s.push_str(&format!(
+                "invited_http_connections_open{{listener=\"{name}\"}} {}\n",
+                l.open()
+            ));
+        }
+        s.push_str("# HELP invited_http_connections_accepted_total Connections accepted.\n# TYPE invited_http_connections_accepted_total counter\n");
+        for (name, l) in &listeners {
+            s.push_str(&format!(
+                "invited_http_connections_accepted_total{{listener=\"{name}\"}} {}\n",
+                l.accepted.load(Ordering::Relaxed)
+            ));
+        }
+        s.push_str("# HELP invited_http_connections_closed_total Connections closed, by why.\n# TYPE invited_http_connections_closed_total counter\n");
+        for (name, l) in &listeners {
+            for why in Close::ALL {
+                s.push_str(&format!(
+                    "invited_http_connections_closed_total{{listener=\"{name}\",reason=\"{}\"}} {}\n",
+                    why.as_str(),
+                    l.closed_count(why)
+                ));
+            }
+        }
     }
 }

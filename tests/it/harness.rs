@@ -22,6 +22,11 @@ pub struct Options {
     pub outbound: Option<String>,
     pub inbound: Option<String>,
     pub max_age: &'static str,
+    /// Extra TOML lines for `[http]` and `[admin]` (e.g. `header_timeout = "2s"`).
+    pub http_extra: String,
+    pub admin_extra: String,
+    /// Run the daemon under `prlimit --nofile=N:N` (soft and hard open-files limit N).
+    pub nofile: Option<u64>,
 }
 
 impl Default for Options {
@@ -34,6 +39,9 @@ impl Default for Options {
             outbound: None,
             inbound: None,
             max_age: "5d",
+            http_extra: String::new(),
+            admin_extra: String::new(),
+            nofile: None,
         }
     }
 }
@@ -47,8 +55,10 @@ cache_capacity = 8000000
 [http]
 listen = "127.0.0.1:0"
 public_url = "http://links.invited.test"
+{}
 [admin]
 socket = "admin.sock"
+{}
 [keys]
 active = "k1"
 files = {{ k1 = "keys/k1.key" }}
@@ -79,6 +89,8 @@ name = "Contoso Distribution Japan"
 email = "jp-ops@contoso.test"
 markets = ["JP"]
 "#,
+        o.http_extra,
+        o.admin_extra,
         o.outbound
             .as_deref()
             .unwrap_or("transport = \"file\"\ndir = \"outbox\""),
@@ -100,6 +112,10 @@ pub struct Daemon {
     pub env: Vec<(String, String)>,
     child: Option<Child>,
     pub http: String,
+    /// The bound addresses of `[admin] listen` and `[http] metrics_listen`, when configured.
+    pub admin_http: Option<String>,
+    pub metrics: Option<String>,
+    nofile: Option<u64>,
 }
 
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -136,6 +152,9 @@ impl Daemon {
             env: Vec::new(),
             child: None,
             http: String::new(),
+            admin_http: None,
+            metrics: None,
+            nofile: o.nofile,
         }
     }
 
@@ -145,7 +164,16 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new(BIN)
+        let mut cmd = match self.nofile {
+            Some(n) => {
+                // util-linux prlimit sets the limits and execs the daemon: same pid
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
@@ -166,6 +194,17 @@ impl Daemon {
         });
         let st = self.api_status();
         self.http = st["http"].as_str().unwrap_or_default().to_string();
+        self.admin_http = st["admin_http"].as_str().map(str::to_string);
+        self.metrics = st["metrics"].as_str().map(str::to_string);
+    }
+
+    /// The daemon's process id (None once stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
     }
 
     fn api_status(&self) -> Value {
