@@ -91,9 +91,8 @@ async fn admin_metrics(State(st): S) -> Response {
 /// Prometheus text: outbox depth, sent / retried / failed, inbound by outcome, transitions by
 /// kind, connections per listener.
 fn metrics(app: &App) -> Response {
-    let body = app
-        .metrics
-        .render(app.store.outbox_depth(), app.store.outbox_dead_count());
+    let (queued, dead) = app.outbox_gauges();
+    let body = app.metrics.render(queued, dead);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -305,6 +305,61 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub const CREDENTIAL_PREFIX: &str = "credential:";
 
 impl Config {
+    /// The settings that differ between `self` (running) and `new` but are only read when the
+    /// daemon starts (listeners, the store, the transports and the inbound source): a reload
+    /// keeps their old values and names them. Everything else (providers, policy, mail
+    /// addresses, templates, keys, the DMARC authserv-id, max_age) takes effect at once.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let dbg = |v: &dyn std::fmt::Debug| format!("{v:?}");
+        let checks: [(&'static str, bool); 14] = [
+            ("store.path", self.store_path != new.store_path),
+            (
+                "store.cache_capacity",
+                self.cache_capacity != new.cache_capacity,
+            ),
+            ("http.listen", self.http_listen != new.http_listen),
+            ("http.body_limit", self.body_limit != new.body_limit),
+            (
+                "http.header_timeout / idle_timeout / max_connections",
+                (self.header_timeout, self.idle_timeout, self.max_connections)
+                    != (new.header_timeout, new.idle_timeout, new.max_connections),
+            ),
+            (
+                "http.metrics_listen",
+                self.metrics_listen != new.metrics_listen,
+            ),
+            ("admin.socket", self.admin_socket != new.admin_socket),
+            (
+                "admin.listen / admin.token_file",
+                (self.admin_listen, &self.admin_token_file)
+                    != (new.admin_listen, &new.admin_token_file),
+            ),
+            ("mail.outbound", dbg(&self.outbound) != dbg(&new.outbound)),
+            (
+                "mail.outbound.concurrency",
+                self.concurrency != new.concurrency,
+            ),
+            (
+                "mail.outbound.rate_per_second",
+                self.rate_per_second != new.rate_per_second,
+            ),
+            ("mail.inbound", dbg(&self.inbound) != dbg(&new.inbound)),
+            (
+                "mail.inbound.poll_interval",
+                self.poll_interval != new.poll_interval,
+            ),
+            (
+                "policy.timer_interval",
+                self.timer_interval != new.timer_interval,
+            ),
+        ];
+        checks
+            .into_iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| key)
+            .collect()
+    }
+
     /// For `serve` and `check-config`, which read the secrets: every `credential:NAME` must be
     /// resolvable.
     pub fn check_credentials(&self) -> Result<(), ConfigError> {

@@ -13,7 +13,8 @@ use tokio_util::task::TaskTracker;
 use crate::app::{App, Shared};
 use crate::config::{Config, Inbound};
 use crate::listener::{self, Limits};
-use crate::store::Store;
+use crate::notify::Notifier;
+use crate::store::{Store, StoreError};
 use crate::templates::Templates;
 use crate::token::Keys;
 
@@ -56,14 +57,15 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let cfg = Config::load(config_path)?;
     let nofile = listener::raise_open_files_limit();
     let shared = load_shared(cfg.clone())?;
-    if let Some(dir) = cfg.store_path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let store = Store::open(&cfg.store_path, cfg.cache_capacity).map_err(|e| {
-        anyhow!(
+    // the store directory is private (a store made by an older version was 0755)
+    crate::private::create_dir(&cfg.store_path)
+        .with_context(|| format!("store.path {}", cfg.store_path.display()))?;
+    let store = Store::open(&cfg.store_path, cfg.cache_capacity).map_err(|e| match e {
+        StoreError::Sled(_) => anyhow!(
             "opening the store at {}: {e} (is another invited running on it?)",
             cfg.store_path.display()
-        )
+        ),
+        other => anyhow!("opening the store at {}: {other}", cfg.store_path.display()),
     })?;
     let app = Arc::new(App::new(store, shared));
     let transport = Arc::new(crate::sender::Transport::from_config(
@@ -219,7 +221,11 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             }
         });
     }
+    let notifier = Arc::new(Notifier::from_env());
+    tracker.spawn(supervise(app.clone(), notifier.clone(), shutdown.clone()));
     tracker.close();
+    // the store is open and every listener bound: systemd may send traffic now
+    notifier.ready(&status_line(&app, ""));
 
     eprintln!(
         "invited {}: serving http://{http_addr} (links use {}), admin socket {}",
@@ -228,18 +234,77 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         cfg.admin_socket.display()
     );
 
-    signals(&app, config_path, &shutdown).await?;
+    signals(&app, config_path, &notifier, &shutdown).await?;
+    notifier.stopping();
     tracing::info!("shutting down: draining tasks");
-    tracker.wait().await;
+    // Sends in flight get `sender::DRAIN_GRACE`; whatever still runs after STOP_DEADLINE is left
+    // (its work stays queued in the store), so the stop fits systemd's TimeoutStopSec.
+    if tokio::time::timeout(STOP_DEADLINE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("tasks still busy at the stop deadline; their work stays queued");
+    }
     app.store.flush().await?;
     let _ = std::fs::remove_file(&cfg.admin_socket);
     tracing::info!("stopped");
     Ok(())
 }
 
+/// How long a stop waits for the tasks before flushing and exiting (DESIGN: exit within 10 s).
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// A work loop busy with one unit of work for this long is stuck: the watchdog is not fed.
+const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// "serving; 12 queued, 0 dead" (+ a note), for systemd's STATUS.
+fn status_line(app: &App, note: &str) -> String {
+    let (queued, dead) = app.outbox_gauges();
+    let note = if note.is_empty() {
+        String::new()
+    } else {
+        format!("; {note}")
+    };
+    format!("serving; {queued} queued, {dead} dead{note}")
+}
+
+/// Feeds systemd's watchdog while the work loops are alive and keeps STATUS current.
+async fn supervise(app: Arc<App>, notifier: Arc<Notifier>, shutdown: CancellationToken) {
+    if !notifier.enabled() {
+        return;
+    }
+    let watchdog = Notifier::watchdog_interval();
+    let tick = watchdog
+        .unwrap_or(std::time::Duration::from_secs(5))
+        .min(std::time::Duration::from_secs(5));
+    let mut reported_stuck = false;
+    loop {
+        match app.heartbeats.stuck(STUCK_AFTER) {
+            None => {
+                reported_stuck = false;
+                if watchdog.is_some() {
+                    notifier.watchdog();
+                }
+            }
+            Some((task, busy)) => {
+                if !reported_stuck {
+                    tracing::error!(task, busy_secs = busy.as_secs(), "a work loop is stuck: no longer feeding the watchdog, systemd will restart the service");
+                    reported_stuck = true;
+                }
+            }
+        }
+        notifier.status(&status_line(&app, ""));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
+}
+
 async fn signals(
     app: &App,
     config_path: &Path,
+    notifier: &Notifier,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -250,17 +315,46 @@ async fn signals(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                match Config::load(config_path).map_err(anyhow::Error::from).and_then(load_shared) {
-                    Ok(s) => {
-                        app.replace_shared(s);
-                        tracing::info!("configuration, providers, keys and templates reloaded");
-                    }
-                    Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
-                }
-            }
+            _ = hup.recv() => reload(app, config_path, notifier),
         }
     }
     shutdown.cancel();
     Ok(())
+}
+
+/// SIGHUP: a new config, providers, keys and templates, or — if any of it does not load — the
+/// running ones kept and the reason (naming the key) logged and shown in STATUS.
+fn reload(app: &App, config_path: &Path, notifier: &Notifier) {
+    notifier.reloading();
+    match Config::load(config_path)
+        .map_err(anyhow::Error::from)
+        .and_then(load_shared)
+    {
+        Ok(s) => {
+            let restart = app.shared().cfg.restart_needed(&s.cfg);
+            app.replace_shared(s);
+            if restart.is_empty() {
+                tracing::info!("configuration, providers, keys and templates reloaded");
+                notifier.ready(&status_line(app, "reloaded"));
+            } else {
+                let keys = restart.join(", ");
+                tracing::warn!(
+                    restart_needed = %keys,
+                    "configuration, providers, keys and templates reloaded; these changed settings keep their old values until a restart"
+                );
+                notifier.ready(&status_line(
+                    app,
+                    &format!("reloaded; restart to apply {keys}"),
+                ));
+            }
+        }
+        Err(e) => {
+            let e = crate::text::escape_controls(&format!("{e:#}"));
+            tracing::error!(error = %e, "reload refused; keeping the running configuration");
+            notifier.ready(&status_line(
+                app,
+                &format!("reload refused ({e}); running configuration kept"),
+            ));
+        }
+    }
 }

@@ -219,6 +219,8 @@ pub async fn pass(
     sizes.dedup_by_key(|(uid, _)| *uid);
     let mut handled = 0;
     for (uid, size) in sizes {
+        // one message fetched, handled and moved is one unit of work for the watchdog
+        let _busy = app.heartbeats.inbound.busy();
         let too_large = size.is_some_and(|s| s as usize > classify::MAX_MESSAGE_BYTES);
         // Oversize: only the first MAX_HEAD_BYTES of the header section (a partial fetch).
         let query = if too_large {

@@ -44,6 +44,7 @@ pub async fn pass(app: &App, dir: &Path) -> usize {
     names.sort();
     let mut handled = 0;
     for path in names {
+        let _busy = app.heartbeats.inbound.busy();
         let outcome = match read(&path).await {
             Ok(Message::Whole(raw)) => app.handle_inbound(&raw, Utc::now()).await,
             Ok(Message::TooLarge { head, size }) => {

@@ -192,6 +192,11 @@ impl App {
         Ok(crate::backup::encode(header, &entries))
     }
 
+    /// (queued, dead) outbox items, for STATUS and `/metrics`.
+    pub fn outbox_gauges(&self) -> (usize, usize) {
+        (self.store.outbox_depth(), self.store.outbox_dead_count())
+    }
+
     pub fn outbox(&self, dead_only: bool) -> Result<Vec<Value>> {
         let items = self.store.read().outbox_all()?;
         Ok(items
