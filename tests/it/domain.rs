@@ -139,3 +139,43 @@ fn revoking_the_provider_revokes_its_pending_customer_invitations() {
         assert_eq!(d.state(id), "revoked");
     }
 }
+
+#[test]
+fn accepting_a_customer_invitation_rechecks_the_provider_authorization() {
+    let mut d = Daemon::start(Options::default());
+    let (auth, customers) = authorized_reseller_with_customers(&d, 1);
+    let (cust, link) = customers[0].clone();
+    // A store written before revocations revoked customer invitations (or any other path that
+    // leaves one behind): the authorization is revoked, the customer invitation still waits.
+    d.stop();
+    {
+        let db = sled::open(d.dir.path().join("store")).unwrap_or_else(|e| panic!("{e}"));
+        let tree = db.open_tree("invited").unwrap_or_else(|e| panic!("{e}"));
+        let key = format!("r/{auth}");
+        let raw = tree
+            .get(&key)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("no {key}"));
+        let mut rec: serde_json::Value =
+            serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{e}"));
+        let text = rec.to_string();
+        assert!(text.contains("\"authorized\""), "{text}");
+        let revoked = text.replacen("\"state\":\"authorized\"", "\"state\":\"revoked\"", 1);
+        rec = serde_json::from_str(&revoked).unwrap_or_else(|e| panic!("{e}"));
+        tree.insert(&key, serde_json::to_vec(&rec).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        db.flush().unwrap_or_else(|e| panic!("{e}"));
+    }
+    d.spawn();
+    assert_eq!(d.state(&auth), "revoked");
+    assert_eq!(d.state(&cust), "invited");
+    let r = d.post(&link, &[("action", "accept"), ("consent", "on")]);
+    assert!(!r.body.contains("result-done"), "{}", r.body);
+    assert!(
+        r.body.contains("no longer works with this provider"),
+        "{}",
+        r.body
+    );
+    assert_eq!(d.state(&cust), "invited", "nothing accepted");
+}
