@@ -24,6 +24,7 @@ fn main() {
         public_url: "https://partners.contoso.test",
         keys: &keys,
         templates: &templates,
+        dkim: None,
     };
     let fields = MailFieldsV1 {
         from_name: "Contoso Distribution".into(),

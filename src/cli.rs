@@ -269,7 +269,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     let cfg = Config::load(&path)?;
     if let Command::CheckConfig = cli.command {
-        crate::daemon::load_shared(cfg.clone())?;
+        let shared = crate::daemon::load_shared(cfg.clone())?;
+        let dkim = shared.dkim.as_ref().map(|s| s.dns_record());
         let summary = json!({
             "config": path.display().to_string(),
             "store": cfg.store_path.display().to_string(),
@@ -279,6 +280,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             "outbound": match &cfg.outbound { crate::config::Outbound::File{..} => "file", crate::config::Outbound::Smtp(_) => "smtp" },
             "inbound": match &cfg.inbound { crate::config::Inbound::Maildir{..} => "maildir", crate::config::Inbound::Imap(_) => "imap" },
             "providers": cfg.providers.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
+            "dkim": dkim.as_ref().map(|r| json!({"name": r.name, "value": r.value})),
             "ok": true,
         });
         if cli.json {
@@ -301,6 +303,21 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            match (&dkim, &cfg.dkim) {
+                (Some(r), Some(d)) => {
+                    // the record to publish, as a zone-file line (domain and selector are checked
+                    // DNS names, the value is base64: nothing to escape)
+                    println!("  dkim          {} TXT \"{}\"", r.name, r.value);
+                    if r.value.len() > 255 {
+                        println!("                (over 255 characters: a zone file needs it split into quoted strings of at most 255)");
+                    }
+                    let from = cfg.from.domain().to_ascii_lowercase();
+                    if from != d.domain && !from.ends_with(&format!(".{}", d.domain)) {
+                        println!("                note: mail.from's domain {} is not {} nor under it, so DMARC will not count this signature", crate::text::escape_controls(&from), d.domain);
+                    }
+                }
+                _ => println!("  dkim          off (no [mail.dkim])"),
+            }
         }
         return Ok(0);
     }

@@ -69,6 +69,16 @@ struct RawMail {
     templates: Option<String>,
     outbound: RawOutbound,
     inbound: RawInbound,
+    dkim: Option<RawDkim>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDkim {
+    domain: String,
+    selector: String,
+    algorithm: String,
+    key_file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +159,23 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// `[mail.dkim] algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DkimAlgorithm {
+    RsaSha256,
+    Ed25519Sha256,
+}
+
+/// `[mail.dkim]`: sign every outbound message as `domain` with the key published under
+/// `selector`. The key itself is read by `dkim::Signer::load` (at start and on reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimConfig {
+    pub domain: String,
+    pub selector: String,
+    pub algorithm: DkimAlgorithm,
+    pub key_file: PathBuf,
+}
+
 #[derive(Debug, Clone)]
 pub struct SmtpConfig {
     pub host: String,
@@ -226,6 +253,8 @@ pub struct Config {
     pub default_locale: String,
     pub templates_dir: Option<PathBuf>,
     pub outbound: Outbound,
+    /// `None`: messages are not DKIM-signed.
+    pub dkim: Option<DkimConfig>,
     pub concurrency: usize,
     pub rate_per_second: u32,
     pub max_age: Duration,
@@ -602,6 +631,24 @@ impl Config {
                 ))
             }
         };
+        let dkim = match &raw.mail.dkim {
+            None => None,
+            Some(d) => Some(DkimConfig {
+                domain: dns_name(&d.domain).map_err(|m| bad("mail.dkim.domain", m))?,
+                selector: dns_name(&d.selector).map_err(|m| bad("mail.dkim.selector", m))?,
+                algorithm: match d.algorithm.as_str() {
+                    "rsa-sha256" => DkimAlgorithm::RsaSha256,
+                    "ed25519-sha256" => DkimAlgorithm::Ed25519Sha256,
+                    other => {
+                        return Err(bad(
+                            "mail.dkim.algorithm",
+                            format!("{other:?} is not \"rsa-sha256\" or \"ed25519-sha256\""),
+                        ))
+                    }
+                },
+                key_file: secret("mail.dkim.key_file", &d.key_file)?,
+            }),
+        };
         let concurrency = o.concurrency.unwrap_or(4);
         if concurrency == 0 || concurrency > 256 {
             return Err(bad(
@@ -755,6 +802,7 @@ impl Config {
             default_locale,
             templates_dir: raw.mail.templates.as_deref().map(resolve),
             outbound,
+            dkim,
             concurrency,
             rate_per_second,
             max_age: dur("mail.outbound.max_age", &o.max_age, "5d")?,
@@ -798,6 +846,26 @@ impl Config {
 
 pub fn is_country(s: &str) -> bool {
     s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// A DKIM domain or selector: dot-separated labels of letters, digits and inner hyphens
+/// (underscores too, which some selectors use), lowercased.
+fn dns_name(s: &str) -> Result<String, String> {
+    let name = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{s:?} is not a DNS name (labels of letters, digits and inner hyphens, joined by dots)"
+        ));
+    }
+    Ok(name)
 }
 
 /// `Name <addr@domain>` or a bare address.
@@ -904,6 +972,59 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(err.contains(key), "error {err:?} should name {key}");
+        }
+    }
+
+    #[test]
+    fn dkim_block_is_typed_and_its_errors_name_the_key() {
+        let with =
+            |block: &str| SHIPPED.replace("[mail.inbound]", &format!("{block}\n[mail.inbound]"));
+        let block = "[mail.dkim]\ndomain = \"Invited.Test.\"\nselector = \"s2026\"\nalgorithm = \"ed25519-sha256\"\nkey_file = \"dkim.pem\"";
+        assert_eq!(parse(SHIPPED).map(|c| c.dkim).ok(), Some(None));
+        let c = parse(&with(block)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.dkim,
+            Some(DkimConfig {
+                domain: "invited.test".into(),
+                selector: "s2026".into(),
+                algorithm: DkimAlgorithm::Ed25519Sha256,
+                key_file: PathBuf::from("/etc/invited/dkim.pem"),
+            })
+        );
+        let c = parse(&with(&block.replace("dkim.pem", "credential:dkim")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let key_file = c.dkim.map(|d| d.key_file).unwrap_or_default();
+        match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => assert_eq!(key_file, PathBuf::from(dir).join("dkim")),
+            None => assert_eq!(
+                c.missing_credentials,
+                vec![("mail.dkim.key_file".to_string(), "dkim".to_string())]
+            ),
+        }
+        let cases = [
+            (
+                block.replace("ed25519-sha256", "ed25519"),
+                "mail.dkim.algorithm",
+            ),
+            (
+                block.replace("Invited.Test.", "invited test"),
+                "mail.dkim.domain",
+            ),
+            (block.replace("Invited.Test.", ""), "mail.dkim.domain"),
+            (block.replace("s2026", "-s"), "mail.dkim.selector"),
+            (
+                block.replace("\"dkim.pem\"", "\"credential:a/b\""),
+                "mail.dkim.key_file",
+            ),
+            (block.replace("key_file = \"dkim.pem\"", ""), "key_file"),
+            (format!("{block}\nheaders = [\"From\"]"), "headers"),
+        ];
+        for (b, key) in cases {
+            let err = parse(&with(&b))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{b}: error {err:?} should name {key}");
         }
     }
 

@@ -22,10 +22,18 @@ pub fn load_shared(cfg: Config) -> anyhow::Result<Shared> {
     cfg.check_credentials()?;
     let keys = Keys::load(&cfg.key_active, &cfg.key_files)?;
     let templates = Templates::load(cfg.templates_dir.as_deref())?;
+    // a key that does not load stops the start (or refuses the reload), naming the key
+    let dkim = cfg
+        .dkim
+        .as_ref()
+        .map(crate::dkim::Signer::load)
+        .transpose()
+        .map_err(|e| anyhow!("{}: `mail.dkim.key_file`: {e}", cfg.path.display()))?;
     Ok(Shared {
         cfg,
         keys,
         templates,
+        dkim,
     })
 }
 

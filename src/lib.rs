@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dkim;
 pub mod http;
 pub mod imap;
 pub mod listener;

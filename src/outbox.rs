@@ -7,6 +7,7 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::{Address, Message};
 use serde::{Deserialize, Serialize};
 
+use crate::dkim::Signer;
 use crate::model::{Email, Purpose, RecordId, Timestamp};
 use crate::templates::{Rendered, TemplateError, Templates};
 use crate::token::{Claims, Keys};
@@ -209,6 +210,8 @@ pub enum BuildError {
     Template(#[from] TemplateError),
     #[error("building message: {0}")]
     Message(String),
+    #[error(transparent)]
+    Dkim(#[from] crate::dkim::SignError),
 }
 
 /// The parts the builder needs from configuration.
@@ -219,6 +222,8 @@ pub struct Sender<'a> {
     pub public_url: &'a str,
     pub keys: &'a Keys,
     pub templates: &'a Templates,
+    /// Signs every message when `[mail.dkim]` is configured.
+    pub dkim: Option<&'a Signer>,
 }
 
 pub fn link_url(public_url: &str, token: &str) -> String {
@@ -306,6 +311,16 @@ impl Sender<'_> {
             ))
             .map_err(|e| BuildError::Message(e.to_string()))
     }
+
+    /// The bytes the transport sends (SMTP, or the `.eml` file): the built message, with a
+    /// DKIM-Signature on top when `[mail.dkim]` is configured (`t=` is `now`).
+    pub fn wire_bytes(&self, item: &OutboxItem, now: Timestamp) -> Result<Vec<u8>, BuildError> {
+        let bytes = self.build(item)?.formatted();
+        match self.dkim {
+            Some(signer) => Ok(signer.sign(&bytes, now.timestamp())?),
+            None => Ok(bytes),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -353,5 +368,114 @@ mod tests {
             .unwrap_or_else(|| panic!("parse {raw}"));
         let to = parsed.to().and_then(|a| a.first()).and_then(|a| a.name());
         assert_eq!(to, Some(name), "{raw}");
+    }
+}
+
+#[cfg(test)]
+mod dkim_tests {
+    use super::*;
+    use crate::config::DkimAlgorithm;
+    use crate::dkim::Signer;
+
+    /// The headers the DKIM signature must cover (the list).
+    const REQUIRED: [&str; 8] = [
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "reply-to",
+        "mime-version",
+        "content-type",
+    ];
+
+    fn email(s: &str) -> Email {
+        Email::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn wire_bytes_carry_a_dkim_signature_over_the_required_headers() {
+        let templates = Templates::load(None).unwrap_or_else(|e| panic!("{e}"));
+        let mut k = std::collections::BTreeMap::new();
+        k.insert("k1".to_string(), vec![7u8; 32]);
+        let keys = Keys::from_bytes("k1", k);
+        let (from, reply_to, to) = (
+            email("partners@contoso.test"),
+            email("replies@contoso.test"),
+            email("minji.kim@fabrikam.test"),
+        );
+        let item = OutboxItem::queued(
+            "ref1".into(),
+            "contoso.test",
+            &to,
+            "Kim Minji",
+            MailKind::ProviderInvitation,
+            "ko-KR",
+            RecordId::random(),
+            MailFieldsV1 {
+                company: "Fabrikam".into(),
+                provider_name: "Contoso Korea".into(),
+                ..Default::default()
+            },
+            Some(LinkSpec {
+                purpose: Purpose::AuthorizeProvider,
+                generation: 0,
+                expires_at: 2_000_000_000,
+            }),
+            chrono::Utc::now(),
+        );
+        let rsa = include_str!("../tests/data/dkim/rsa2048-pkcs8.pem");
+        let ed = include_str!("../tests/data/dkim/ed25519.pem");
+        for (alg, pem, a) in [
+            (DkimAlgorithm::RsaSha256, rsa, "rsa-sha256"),
+            (DkimAlgorithm::Ed25519Sha256, ed, "ed25519-sha256"),
+            (DkimAlgorithm::RsaSha256, "", ""),
+        ] {
+            let signer = (!pem.is_empty()).then(|| {
+                Signer::from_pem("contoso.test", "invited", alg, pem.as_bytes())
+                    .unwrap_or_else(|e| panic!("{e}"))
+            });
+            let sender = Sender {
+                from_name: "Contoso",
+                from: &from,
+                reply_to: &reply_to,
+                public_url: "https://links.contoso.test",
+                keys: &keys,
+                templates: &templates,
+                dkim: signer.as_ref(),
+            };
+            let now = chrono::DateTime::from_timestamp(1_796_000_000, 0).unwrap_or_default();
+            let bytes = sender
+                .wire_bytes(&item, now)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let text = String::from_utf8_lossy(&bytes).to_string();
+            let head = text.split("\r\n\r\n").next().unwrap_or_default();
+            if signer.is_none() {
+                assert!(
+                    !text.contains("DKIM-Signature"),
+                    "unsigned without [mail.dkim]"
+                );
+                continue;
+            }
+            assert!(text.starts_with("DKIM-Signature: "), "{head}");
+            assert_eq!(text.matches("DKIM-Signature:").count(), 1, "{head}");
+            let t = crate::dkim::tests::tags(&bytes);
+            assert_eq!(t["v"], "1");
+            assert_eq!(t["a"], a);
+            assert_eq!(t["d"], "contoso.test");
+            assert_eq!(t["s"], "invited");
+            assert_eq!(t["c"], "relaxed/relaxed");
+            assert_eq!(t["t"], "1796000000");
+            let h: Vec<&str> = t["h"].split(':').collect();
+            for name in REQUIRED {
+                assert!(h.contains(&name), "h= lacks {name}: {}", t["h"]);
+                // and the message has that header, so h= signs its value, not its absence
+                let present = head.split("\r\n").any(|l| {
+                    l.split_once(':')
+                        .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+                });
+                assert!(present, "the message has no {name}:\n{head}");
+            }
+        }
     }
 }

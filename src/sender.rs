@@ -431,9 +431,10 @@ async fn send_one(app: &App, transport: &Transport, item: &OutboxItem) -> Result
         public_url: &sh.cfg.public_url,
         keys: &sh.keys,
         templates: &sh.templates,
+        dkim: sh.dkim.as_ref(),
     };
-    let msg = sender
-        .build(item)
+    let bytes = sender
+        .wire_bytes(item, Utc::now())
         .map_err(|e| SendError::Permanent(e.to_string()))?;
     // VERP: the envelope sender is this message's own reply address, so a bounce comes back to
     // the plus address that names it.
@@ -443,5 +444,5 @@ async fn send_one(app: &App, transport: &Transport, item: &OutboxItem) -> Result
         .zip(lettre::Address::new(item.to.local(), item.to.domain()).ok())
         .and_then(|(from, to)| Envelope::new(Some(from), vec![to]).ok())
         .ok_or_else(|| SendError::Permanent("cannot build the envelope".into()))?;
-    transport.send(env, &item.message_id, msg.formatted()).await
+    transport.send(env, &item.message_id, bytes).await
 }

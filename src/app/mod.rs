@@ -35,6 +35,8 @@ pub struct Shared {
     pub cfg: Config,
     pub keys: Keys,
     pub templates: Templates,
+    /// The `[mail.dkim]` key, loaded once with the rest (None: no signing).
+    pub dkim: Option<crate::dkim::Signer>,
 }
 
 pub struct App {

@@ -584,6 +584,7 @@ async fn the_provider_notice_quotes_the_remote_server_clipped_and_without_contro
         public_url: &sh.cfg.public_url,
         keys: &sh.keys,
         templates: &sh.templates,
+        dkim: None,
     };
     let rendered = sender.render(notice).unwrap_or_else(|e| panic!("{e}"));
     for body in [&rendered.text, &rendered.html] {

@@ -4,6 +4,7 @@ mod backup;
 mod cli;
 mod corpus;
 mod crash;
+mod dkim;
 mod domain;
 mod edge;
 mod flow;
