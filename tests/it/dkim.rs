@@ -292,6 +292,8 @@ fn eml_files_are_signed_with_a_pkcs1_key_loaded_once() {
         value,
         format!("v=DKIM1; k=rsa; p={}", public_b64(&pkcs8, Alg::Rsa))
     );
+    // the most verbose log, which must still not hold the key
+    d.env = vec![("INVITED_LOG".into(), "trace".into())];
     d.spawn();
     d.json(&["send-test-email", "ops@contoso.test"]);
     let first = newest_eml(&d, 0);
@@ -315,6 +317,18 @@ fn eml_files_are_signed_with_a_pkcs1_key_loaded_once() {
     d.json(&["send-test-email", "ops@contoso.test"]);
     let third = newest_eml(&d, 2);
     assert!(dkimpy(&third, &name, &value).0, "the running key kept");
+    let log = d.log();
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "a verbose log: {log}"
+    );
+    let pkcs8_pem = std::fs::read_to_string(&pkcs8).unwrap_or_default();
+    for line in pem.lines().chain(pkcs8_pem.lines()) {
+        assert!(
+            line.starts_with("-----") || !log.contains(line),
+            "the key is in the log"
+        );
+    }
 }
 
 /// `serve` with a key that does not load: exit status and stderr, or a panic if it keeps running.
