@@ -39,6 +39,8 @@ const MAX_BOUNCE_ADDRESSES: usize = 64;
 const MAX_SUBJECT_BYTES: usize = 4096;
 /// Reasons and diagnostics are for people and logs; keep them short.
 const MAX_DETAIL_CHARS: usize = 300;
+/// The reason of an unsubscribe request (see [`Inbound::unsubscribe_request`]).
+const UNSUBSCRIBE_REQUEST: &str = "unsubscribe request";
 /// Our refs: 26 lowercase base32 characters.
 const REF_LEN: usize = 26;
 
@@ -136,6 +138,10 @@ pub struct Inbound {
     /// Marked automatic by its headers (Auto-Submitted not "no", X-Autoreply, Precedence …) or
     /// classified as an auto reply.
     pub auto_submitted: bool,
+    /// An unsubscribe request (Subject "unsubscribe", as the `List-Unsubscribe` mailto asks, or
+    /// `X-Apple-Unsubscribe`): classified `Unrecognised`; the daemon acts on it if it matches an
+    /// invitation and comes from its recipient.
+    pub unsubscribe_request: bool,
     pub classification: Classification,
 }
 
@@ -275,8 +281,9 @@ fn classify_unguarded(raw: &[u8], reply_local: &str) -> Option<Inbound> {
     } else if headers.first("x-apple-unsubscribe").is_some()
         || raw_subject.trim().eq_ignore_ascii_case("unsubscribe")
     {
-        // Someone (or their mail client for them) wants out: a human should see that.
-        unrecognised("unsubscribe request")
+        // Someone (or their mail client for them) wants out: the daemon acts on it for an
+        // invitation; anything else is for a human to see.
+        unrecognised(UNSUBSCRIBE_REQUEST)
     } else if let Some(reason) = header_auto
         .clone()
         .or_else(|| (report_type == "disposition-notification").then(|| "read receipt".into()))
@@ -302,6 +309,10 @@ fn classify_unguarded(raw: &[u8], reply_local: &str) -> Option<Inbound> {
         authentication_results,
         auto_submitted: header_auto.is_some()
             || matches!(classification, Classification::AutoReply { .. }),
+        unsubscribe_request: matches!(
+            &classification,
+            Classification::Unrecognised { reason } if reason == UNSUBSCRIBE_REQUEST
+        ),
         classification,
     })
 }
@@ -323,6 +334,7 @@ fn header_only(raw: &[u8], reply_local: &str, reason: String) -> Inbound {
         refs: facts.refs.0,
         authentication_results: facts.authentication_results,
         auto_submitted: false,
+        unsubscribe_request: false,
         classification: unrecognised(reason),
     }
 }
