@@ -398,14 +398,7 @@ async fn unsubscribe_page(
             suppressed,
         }) => {
             let locale = locale_for(&app, &q, &record);
-            let ctx = unsubscribe_context(
-                &app,
-                &record,
-                &token,
-                &locale,
-                pending,
-                suppressed.is_some(),
-            );
+            let ctx = unsubscribe_context(&app, &record, &token, &locale, pending, suppressed);
             page(&app, "page_unsubscribe", &ctx)
         }
         Ok(UnsubscribeCheck::Invalid(why)) => {
@@ -467,8 +460,7 @@ async fn unsubscribe_post(
         Ok(UnsubscribeOutcome::Invalid) => invalid(&app, lang),
         Ok(UnsubscribeOutcome::Done { record, declined }) => {
             let locale = locale_for(&app, &q, &record);
-            let text =
-                pages::unsubscribe_text(&locale, &provider_name(&record), declined.is_some());
+            let text = pages::unsubscribe_text(&locale, &provider_name(&record), declined);
             result(&record, "done", text)
         }
         Ok(UnsubscribeOutcome::Already { record }) => {

@@ -13,19 +13,19 @@ pub enum UnsubscribeCheck {
     /// to that address waits for an answer (it is declined by unsubscribing); `suppressed`: the
     /// address is already on the list.
     Valid {
-        record: Record,
+        record: Box<Record>,
         pending: bool,
-        suppressed: Option<Suppression>,
+        suppressed: bool,
     },
 }
 
 /// What a one-click unsubscribe POST did.
 pub enum UnsubscribeOutcome {
     Invalid,
-    /// Now suppressed; `declined` is the invitation that was pending, if one was.
+    /// Now suppressed; `declined`: an invitation was pending and is declined now.
     Done {
         record: Record,
-        declined: Option<Record>,
+        declined: bool,
     },
     /// Already suppressed: nothing changed.
     Already {
@@ -36,7 +36,10 @@ pub enum UnsubscribeOutcome {
 /// What [`App::suppress_in`] did.
 pub(super) enum Suppressed {
     Already,
-    New { declined: Option<Record> },
+    /// `declined`: the invitation that was pending and is declined now, if one was
+    New {
+        declined: Option<RecordId>,
+    },
 }
 
 impl App {
@@ -80,9 +83,9 @@ impl App {
             return Ok(UnsubscribeCheck::Invalid(e));
         }
         let pending = Self::pending_invitation(txn, &a.provider, &a.email)?.is_some();
-        let suppressed = txn.suppression(&a.provider, &a.email)?;
+        let suppressed = Self::is_suppressed(txn, &a.provider, &a.email)?;
         Ok(UnsubscribeCheck::Valid {
-            record,
+            record: Box::new(record),
             pending,
             suppressed,
         })
@@ -114,8 +117,11 @@ impl App {
                     Some(record.id),
                     now,
                 )? {
-                    Suppressed::Already => UnsubscribeOutcome::Already { record },
-                    Suppressed::New { declined } => UnsubscribeOutcome::Done { record, declined },
+                    Suppressed::Already => UnsubscribeOutcome::Already { record: *record },
+                    Suppressed::New { declined } => UnsubscribeOutcome::Done {
+                        record: *record,
+                        declined: declined.is_some(),
+                    },
                 },
             )
         })?;
@@ -178,7 +184,7 @@ impl App {
             };
             Self::queue_provider_notice(sh, txn, &rec, words, now)?;
             self.revoke_pending_customers(txn, &rec, channel, now)?;
-            declined = Some(rec);
+            declined = Some(rec.id);
         }
         tracing::info!(provider, channel = ?channel, "address suppressed");
         Ok(Suppressed::New { declined })
@@ -273,10 +279,7 @@ impl App {
         )? {
             Suppressed::Already => format!("already suppressed for {provider}; no change"),
             Suppressed::New { declined: Some(d) } => {
-                format!(
-                    "suppressed for {provider}; invitation {} invited -> declined",
-                    d.id
-                )
+                format!("suppressed for {provider}; invitation {d} invited -> declined")
             }
             Suppressed::New { declined: None } => {
                 format!("suppressed for {provider}; no invitation was pending")
@@ -291,7 +294,7 @@ impl App {
             Self::provider(&self.shared(), p)?;
         }
         let mut list = self.store.read().suppressions(provider)?;
-        list.sort_by(|a, b| a.at.cmp(&b.at));
+        list.sort_by_key(|s| s.at);
         Ok(list.iter().map(suppression_json).collect())
     }
 
