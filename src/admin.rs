@@ -47,6 +47,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/outbox/{id}/retry", post(outbox_retry))
         .route("/v1/send-test-email", post(send_test_email))
         .route("/v1/inbound", get(inbound))
+        .route("/v1/suppressions", get(suppressions))
+        .route("/v1/suppressions/remove", post(suppression_remove))
         .route("/v1/export", get(export))
         .route("/v1/backup", get(backup))
         .route("/metrics", get(admin_metrics))
@@ -116,6 +118,9 @@ impl IntoResponse for AppError {
                 error(StatusCode::BAD_REQUEST, &self.to_string(), Some(field))
             }
             AppError::Refused(m) => error(StatusCode::CONFLICT, m, None),
+            AppError::Suppressed { .. } => {
+                error(StatusCode::CONFLICT, &self.to_string(), Some("email"))
+            }
             AppError::Store(e) => {
                 tracing::error!(error = %e, "store error");
                 error(StatusCode::INTERNAL_SERVER_ERROR, &self.to_string(), None)
@@ -293,6 +298,20 @@ async fn outbox_retry(State(st): S, Path(id): Path<String>) -> R {
 
 async fn inbound(State(st): S, Query(q): Query<HashMap<String, String>>) -> R {
     to_value(st.app.inbound(q.get("outcome").map(String::as_str))?)
+}
+
+async fn suppressions(State(st): S, Query(q): Query<HashMap<String, String>>) -> R {
+    to_value(st.app.suppressions(q.get("provider").map(String::as_str))?)
+}
+
+#[derive(Deserialize)]
+struct SuppressionRemoveBody {
+    provider: String,
+    email: String,
+}
+
+async fn suppression_remove(State(st): S, Json(b): Json<SuppressionRemoveBody>) -> R {
+    to_value(st.app.unsuppress(&b.provider, &b.email).await?)
 }
 
 /// The backup file's bytes; the CLI writes them where its user asked (the daemon may not be

@@ -101,6 +101,12 @@ enum Command {
         #[command(subcommand)]
         op: Option<OutboxOp>,
     },
+    /// The suppression list (unsubscribed or hard-bounced addresses, per provider), or
+    /// `suppress remove` to lift one
+    Suppress {
+        #[command(subcommand)]
+        op: SuppressOp,
+    },
     /// Every inbound message and what became of it
     Inbound {
         #[arg(long)]
@@ -138,6 +144,22 @@ enum Review {
 #[derive(Subcommand)]
 enum OutboxOp {
     Retry { id: String },
+}
+
+#[derive(Subcommand)]
+enum SuppressOp {
+    /// Every suppressed address (of one provider with --provider)
+    List {
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Lift a suppression: that provider's invitations go to the address again
+    Remove {
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        email: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -504,6 +526,52 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             v
         }
+        Command::Suppress {
+            op: SuppressOp::List { provider },
+        } => {
+            let q = provider
+                .map(|p| format!("?provider={}", enc(&p)))
+                .unwrap_or_default();
+            let v = call(&sock, "GET", &format!("/v1/suppressions{q}"), None).await?;
+            if !j {
+                for s in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<14} {:<32} {:<6} {}",
+                        esc(&s["at"], ""),
+                        esc(&s["provider"], ""),
+                        esc(&s["email"], ""),
+                        esc(&s["channel"], ""),
+                        esc(&s["reason"], "")
+                    );
+                }
+                println!(
+                    "{} suppressed address(es)",
+                    v.as_array().map(Vec::len).unwrap_or(0)
+                );
+            }
+            v
+        }
+        Command::Suppress {
+            op: SuppressOp::Remove { provider, email },
+        } => {
+            let v = call(
+                &sock,
+                "POST",
+                "/v1/suppressions/remove",
+                Some(&json!({"provider": provider, "email": email})),
+            )
+            .await?;
+            if !j {
+                println!(
+                    "lifted: {} may be invited by {} again (was: {}, {})",
+                    esc(&v["email"], ""),
+                    esc(&v["provider"], ""),
+                    esc(&v["reason"], ""),
+                    esc(&v["at"], "")
+                );
+            }
+            v
+        }
         Command::SendTestEmail { address } => {
             let v = call(
                 &sock,
@@ -698,6 +766,7 @@ async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow
     let total = rows.len();
     let tty = std::io::stderr().is_terminal() && !j;
     let (mut queued, mut existing, mut rejected) = (0u64, 0u64, local_rejects.len() as u64);
+    let mut suppressed = 0u64;
     let mut out_rows: Vec<Value> = local_rejects;
     let mut done = 0usize;
     for chunk in rows.chunks(CHUNK) {
@@ -711,6 +780,7 @@ async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow
         queued += v["queued"].as_u64().unwrap_or(0);
         existing += v["existing"].as_u64().unwrap_or(0);
         rejected += v["rejected"].as_u64().unwrap_or(0);
+        suppressed += v["suppressed"].as_u64().unwrap_or(0);
         out_rows.extend(v["rows"].as_array().cloned().unwrap_or_default());
         done += chunk.len();
         if tty {
@@ -728,7 +798,7 @@ async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow
         eprintln!();
     }
     out_rows.sort_by_key(|r| r["line"].as_u64().unwrap_or(0));
-    let v = json!({"queued": queued, "existing": existing, "rejected": rejected, "rows": out_rows});
+    let v = json!({"queued": queued, "existing": existing, "rejected": rejected, "suppressed": suppressed, "rows": out_rows});
     if !j {
         for r in v["rows"].as_array().into_iter().flatten() {
             let (line, email) = (&r["line"], esc(&r["email"], ""));
@@ -740,10 +810,16 @@ async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow
                         esc(&r["id"], "")
                     )
                 }
+                Some("suppressed") => {
+                    println!(
+                        "line {line}: {email}: suppressed: {}",
+                        esc(&r["reason"], "")
+                    )
+                }
                 _ => {}
             }
         }
-        println!("{queued} queued, {existing} already invited, {rejected} rejected ({total} rows)");
+        println!("{queued} queued, {existing} already invited, {suppressed} suppressed, {rejected} rejected ({total} rows)");
     }
     Ok(v)
 }

@@ -333,6 +333,9 @@ pub enum Purpose {
     AuthorizeProvider,
     AcceptAgreement,
     AcceptCustomer,
+    /// The `List-Unsubscribe` link of an invitation or reminder: stop this provider's invitations
+    /// to this address. Not a state the record waits for, so it outlives resends (see `token`).
+    Unsubscribe,
 }
 
 impl Purpose {
@@ -342,6 +345,7 @@ impl Purpose {
             Purpose::AuthorizeProvider => "authorize_provider",
             Purpose::AcceptAgreement => "accept_agreement",
             Purpose::AcceptCustomer => "accept_customer",
+            Purpose::Unsubscribe => "unsubscribe",
         }
     }
     pub fn code(self) -> u8 {
@@ -350,6 +354,7 @@ impl Purpose {
             Purpose::AuthorizeProvider => 2,
             Purpose::AcceptAgreement => 3,
             Purpose::AcceptCustomer => 4,
+            Purpose::Unsubscribe => 5,
         }
     }
     pub fn from_code(c: u8) -> Option<Self> {
@@ -358,8 +363,15 @@ impl Purpose {
             2 => Some(Purpose::AuthorizeProvider),
             3 => Some(Purpose::AcceptAgreement),
             4 => Some(Purpose::AcceptCustomer),
+            5 => Some(Purpose::Unsubscribe),
             _ => None,
         }
+    }
+    /// Whether a token for this purpose dies when the record's link generation moves on (resend,
+    /// revoke). Every acting link does; an unsubscribe link does not: one in an older email must
+    /// keep working, and all it can do is stop mail.
+    pub fn bound_to_generation(self) -> bool {
+        self != Purpose::Unsubscribe
     }
 }
 

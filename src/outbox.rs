@@ -38,7 +38,22 @@ impl MailKind {
             MailKind::TestEmail => "test_email",
         }
     }
+
+    /// Invitations and their reminders are what a provider sends in bulk: they carry
+    /// `List-Unsubscribe` (RFC 2369 / 8058) and honour the suppression list. Verification,
+    /// agreement and status mails answer the contact's own request, and notices go to staff.
+    pub fn unsubscribable(self) -> bool {
+        matches!(
+            self,
+            MailKind::ProviderInvitation | MailKind::InvitationReminder
+        )
+    }
 }
+
+/// How long the unsubscribe link of a message works, counted from when it was queued: well past
+/// the invitation's own TTL (people unsubscribe from old mail; CAN-SPAM asks for 30 days at
+/// least). Keep a rotated-out key in `[keys] files` this long for those links to keep working.
+pub const UNSUBSCRIBE_TTL_DAYS: i64 = 90;
 
 /// The template context of every mail kind (version 1): one flat shape, every field present,
 /// so strict-mode templates can rely on it. `link` and `expires_at` are filled at render time.
@@ -140,6 +155,8 @@ struct Context<'a> {
     fields: &'a MailFieldsV1,
     link: String,
     expires_at: String,
+    /// the `List-Unsubscribe` https link, also shown in the footer (empty for other kinds)
+    unsubscribe: String,
 }
 
 /// `Auto-Submitted: auto-generated` (RFC 3834): tells vacation responders not to answer.
@@ -230,6 +247,41 @@ pub fn link_url(public_url: &str, token: &str) -> String {
     format!("{public_url}/t/{token}")
 }
 
+pub fn unsubscribe_url(public_url: &str, token: &str) -> String {
+    format!("{public_url}/u/{token}")
+}
+
+/// `List-Unsubscribe: <https://…/u/{token}>, <mailto:…>` (RFC 2369; the https one is RFC 8058's).
+#[derive(Clone)]
+struct ListUnsubscribe(String);
+impl Header for ListUnsubscribe {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe")
+    }
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribe(s.to_string()))
+    }
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058): a POST to the https link
+/// unsubscribes, without a page or a cookie, as mail providers' unsubscribe buttons do.
+#[derive(Clone)]
+struct ListUnsubscribePost;
+impl Header for ListUnsubscribePost {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribePost)
+    }
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".to_string())
+    }
+}
+
 pub fn format_expiry(secs: i64, locale: &str) -> String {
     let t = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default();
     if locale == "ko-KR" {
@@ -246,6 +298,24 @@ fn address(e: &Email) -> Result<Address, BuildError> {
 }
 
 impl Sender<'_> {
+    /// The https unsubscribe link of an invitation or reminder (None for other kinds): signed
+    /// for the message's record, recipient and generation, valid [`UNSUBSCRIBE_TTL_DAYS`] from
+    /// when the message was queued. Derived, never stored, like the link token.
+    pub fn unsubscribe_link(&self, item: &OutboxItem) -> Option<String> {
+        let l = item.link.as_ref().filter(|_| item.kind.unsubscribable())?;
+        let expires = item.created_at + ChronoDuration::days(UNSUBSCRIBE_TTL_DAYS);
+        let token = self.keys.sign(
+            &Claims {
+                purpose: Purpose::Unsubscribe,
+                record: item.record,
+                generation: l.generation,
+                expires_at: expires.timestamp(),
+            },
+            &item.to,
+        );
+        Some(unsubscribe_url(self.public_url, &token))
+    }
+
     pub fn render(&self, item: &OutboxItem) -> Result<Rendered, BuildError> {
         let (link, expires_at) = match &item.link {
             Some(l) => {
@@ -270,6 +340,7 @@ impl Sender<'_> {
             fields: &item.fields,
             link,
             expires_at,
+            unsubscribe: self.unsubscribe_link(item).unwrap_or_default(),
         };
         Ok(self
             .templates
@@ -298,13 +369,24 @@ impl Sender<'_> {
             address(&item.to)?,
         );
         let reply_to = Mailbox::new(None, self.reply_address(&item.id)?);
-        Message::builder()
+        let mut builder = Message::builder()
             .from(from)
             .reply_to(reply_to)
             .to(to)
             .header(Subject(rendered.subject))
             .message_id(Some(format!("<{}>", item.message_id)))
-            .header(AutoSubmitted)
+            .header(AutoSubmitted);
+        if let Some(url) = self.unsubscribe_link(item) {
+            // the mailto is this message's own reply address, so it is matched like a reply
+            let mailto = format!(
+                "mailto:{}?subject=unsubscribe",
+                self.reply_address(&item.id)?
+            );
+            builder = builder
+                .header(ListUnsubscribe(format!("<{url}>, <{mailto}>")))
+                .header(ListUnsubscribePost);
+        }
+        builder
             .multipart(MultiPart::alternative_plain_html(
                 rendered.text,
                 rendered.html,
@@ -349,6 +431,138 @@ mod tests {
         let mut headers = lettre::message::header::Headers::new();
         headers.set(Subject("Plain subject".into()));
         assert_eq!(headers.to_string(), "Subject: Plain subject\r\n");
+    }
+
+    fn item(kind: MailKind, purpose: Option<Purpose>) -> OutboxItem {
+        let to = Email::parse("Minji.Kim@Fabrikam.test").unwrap_or_else(|e| panic!("{e}"));
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        OutboxItem::queued(
+            "aaaaaaaaaaaaaaaaaaaaaaaaaa".into(),
+            "invited.test",
+            &to,
+            "Kim Minji",
+            kind,
+            "en-US",
+            RecordId([9; 16]),
+            MailFieldsV1::default(),
+            purpose.map(|purpose| LinkSpec {
+                purpose,
+                generation: 2,
+                expires_at: 1_801_000_000,
+            }),
+            now,
+        )
+    }
+
+    #[test]
+    fn invitations_and_reminders_carry_one_click_unsubscribe_and_nothing_else_does() {
+        let keys = Keys::from_bytes(
+            "k1",
+            std::iter::once(("k1".to_string(), vec![5u8; 32])).collect(),
+        );
+        let templates = Templates::load(None).unwrap_or_else(|e| panic!("{e}"));
+        let (from, reply_to) = (
+            Email::parse("partners@invited.test").unwrap_or_else(|e| panic!("{e}")),
+            Email::parse("replies@invited.test").unwrap_or_else(|e| panic!("{e}")),
+        );
+        let sender = Sender {
+            from_name: "Contoso",
+            from: &from,
+            reply_to: &reply_to,
+            public_url: "https://links.invited.test",
+            keys: &keys,
+            templates: &templates,
+        };
+        let cases = [
+            (
+                MailKind::ProviderInvitation,
+                Some(Purpose::AuthorizeProvider),
+                true,
+            ),
+            (
+                MailKind::InvitationReminder,
+                Some(Purpose::AuthorizeProvider),
+                true,
+            ),
+            (
+                MailKind::ContactVerification,
+                Some(Purpose::VerifyContact),
+                false,
+            ),
+            (
+                MailKind::AgreementRequest,
+                Some(Purpose::AcceptAgreement),
+                false,
+            ),
+            (
+                MailKind::CustomerInvitation,
+                Some(Purpose::AcceptCustomer),
+                false,
+            ),
+            (MailKind::EnrollmentStatus, None, false),
+            (MailKind::ProviderNotice, None, false),
+        ];
+        for (kind, purpose, carries) in cases {
+            let it = item(kind, purpose);
+            let raw = sender
+                .build(&it)
+                .unwrap_or_else(|e| panic!("{kind:?}: {e}"))
+                .formatted();
+            assert!(
+                raw.split(|b| *b == b'\n').all(|l| l.len() <= 998),
+                "{kind:?}: header lines within RFC 5322's limit"
+            );
+            let m = mail_parser::MessageParser::default()
+                .parse(&raw[..])
+                .unwrap_or_else(|| panic!("{kind:?}: parse"));
+            let lu = m
+                .header_raw("List-Unsubscribe")
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "));
+            let post = m.header_raw("List-Unsubscribe-Post").map(str::trim);
+            if !carries {
+                assert_eq!((lu, post), (None, None), "{kind:?}");
+                continue;
+            }
+            assert_eq!(post, Some("List-Unsubscribe=One-Click"), "{kind:?}");
+            let lu = lu.unwrap_or_default();
+            let (https, mailto) = lu
+                .split_once(", ")
+                .unwrap_or_else(|| panic!("{kind:?}: {lu}"));
+            assert_eq!(
+                mailto,
+                "<mailto:replies+aaaaaaaaaaaaaaaaaaaaaaaaaa@invited.test?subject=unsubscribe>"
+            );
+            let token = https
+                .strip_prefix("<https://links.invited.test/u/")
+                .and_then(|t| t.strip_suffix('>'))
+                .unwrap_or_else(|| panic!("{kind:?}: {https}"));
+            let (kid, claims, mac) = Keys::decode(token).unwrap_or_else(|| panic!("decode"));
+            assert_eq!(claims.purpose, Purpose::Unsubscribe);
+            assert_eq!((claims.record, claims.generation), (it.record, 2));
+            assert_eq!(
+                claims.expires_at,
+                it.created_at.timestamp() + UNSUBSCRIBE_TTL_DAYS * 86_400,
+                "{kind:?}: valid for {UNSUBSCRIBE_TTL_DAYS} days from queueing"
+            );
+            assert!(
+                keys.verify_mac(&kid, &claims, &mac, &it.to),
+                "bound to the recipient"
+            );
+            // the same link is shown in the body for people
+            let text = m.body_text(0).unwrap_or_default();
+            assert!(text.contains(&format!("/u/{token}")), "{kind:?}: {text}");
+            assert!(
+                m.body_html(0)
+                    .unwrap_or_default()
+                    .contains(&format!("/u/{token}")),
+                "{kind:?}: html"
+            );
+            // rendering again gives the same token (a retry sends the same message)
+            assert_eq!(
+                sender.unsubscribe_link(&it),
+                Some(format!("https://links.invited.test/u/{token}"))
+            );
+        }
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub struct PageContext {
     pub result: String,
     pub result_title: String,
     pub result_message: String,
+    /// unsubscribe page: the address is already on the provider's suppression list
+    pub suppressed: bool,
+    /// unsubscribe page: an invitation of this provider waits for an answer (and is declined)
+    pub pending: bool,
 }
 
 pub fn other_locale(l: &str) -> &'static str {
@@ -247,6 +251,56 @@ pub fn result_text(
             t("Invitation accepted", "초대를 수락했습니다"),
             t("You now have a relationship with the reseller and its provider.", "이제 재판매인 및 해당 공급자와 관계가 생성되었습니다."),
         ),
+        // not a `/t/` purpose (see `unsubscribe_text`); here only to be complete
+        (Purpose::Unsubscribe, _) => (
+            t("Done", "처리되었습니다"),
+            t("Nothing else is needed.", "더 하실 일은 없습니다."),
+        ),
+    }
+}
+
+/// Title and message of the page after an unsubscribe POST: `declined` when a pending
+/// invitation was declined by it.
+pub fn unsubscribe_text(locale: &str, provider_name: &str, declined: bool) -> (String, String) {
+    if locale == "ko-KR" {
+        (
+            "수신 거부되었습니다".into(),
+            format!(
+                "{provider_name}의 초대와 알림을 이 주소로 더 이상 보내지 않습니다.{}",
+                if declined {
+                    " 답변을 기다리던 초대는 거절 처리되었습니다."
+                } else {
+                    ""
+                }
+            ),
+        )
+    } else {
+        (
+            "Unsubscribed".into(),
+            format!(
+                "No further invitations or reminders from {provider_name} will be sent to this address.{}",
+                if declined {
+                    " The invitation that was waiting for an answer has been declined."
+                } else {
+                    ""
+                }
+            ),
+        )
+    }
+}
+
+/// Title and message when the address was already unsubscribed.
+pub fn already_unsubscribed_text(locale: &str, provider_name: &str) -> (String, String) {
+    if locale == "ko-KR" {
+        (
+            "이미 수신 거부되었습니다".into(),
+            format!("이 주소는 이미 {provider_name}의 초대를 받지 않도록 설정되어 있습니다. 더 하실 일은 없습니다."),
+        )
+    } else {
+        (
+            "Already unsubscribed".into(),
+            format!("This address already receives no invitations from {provider_name}. Nothing else is needed."),
+        )
     }
 }
 

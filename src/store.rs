@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::model::{Body, Email, Purpose, Record, RecordId, Timestamp};
+use crate::model::{Body, Channel, Email, Purpose, Record, RecordId, Timestamp};
 use crate::outbox::OutboxItem;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +30,11 @@ pub enum StoreError {
 }
 
 /// The key layout this binary reads and writes, recorded under `k/format`. Format 1 is what
-/// invited 0.1.0 wrote (no mark); 2 adds the mark. A newer binary migrates an older store once
-/// when it opens it; an older binary refuses a newer store instead of misreading it.
-pub const FORMAT: u32 = 2;
+/// invited 0.1.0 wrote (no mark); 2 adds the mark; 3 adds the suppression list (`s/…`), which an
+/// older binary would silently ignore and so mail unsubscribed addresses again. A newer binary
+/// migrates an older store once when it opens it; an older binary refuses a newer store instead
+/// of misreading it.
+pub const FORMAT: u32 = 3;
 const FORMAT_KEY: &[u8] = b"k/format";
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -55,6 +57,21 @@ pub struct InboundRecord {
     pub outcome: String,
     pub record: Option<RecordId>,
     pub effect: String,
+}
+
+/// One address on a provider's suppression list: no invitation or reminder from that provider
+/// goes to it until staff lift it. Keyed by (provider, canonical email).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suppression {
+    pub provider: String,
+    pub email: Email,
+    pub at: Timestamp,
+    /// why, for people: "one-click unsubscribe", "hard bounce: 550 5.1.1 …"
+    pub reason: String,
+    /// how it came: `link` (List-Unsubscribe POST), `reply` (the mailto), `bounce`
+    pub channel: Channel,
+    /// the record whose email led here (the invitation unsubscribed from, or the one that bounced)
+    pub record: Option<RecordId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,8 +155,9 @@ impl Store {
         if found == FORMAT && self.tree.get(FORMAT_KEY)?.is_some() {
             return Ok(());
         }
-        // 1 → 2: nothing in the layout changed; the store gets its mark. Later formats add their
-        // steps here, each one batch, in order.
+        // 1 → 2: nothing in the layout changed; the store gets its mark. 2 → 3: the suppression
+        // list is new and starts empty; nothing to convert. Later formats add their steps here,
+        // each one batch, in order.
         self.tree
             .insert(FORMAT_KEY, FORMAT.to_string().as_bytes())?;
         self.flush_blocking()?;
@@ -434,6 +452,36 @@ impl Txn<'_> {
 
     pub fn inbound_all(&self) -> Result<Vec<InboundRecord>> {
         self.scan(b"j/")?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v))
+            .collect()
+    }
+
+    // ---- suppression list ----------------------------------------------------------------
+
+    fn suppression_key(provider: &str, email: &Email) -> String {
+        format!("s/{provider}/{email}")
+    }
+
+    pub fn suppression(&self, provider: &str, email: &Email) -> Result<Option<Suppression>> {
+        self.get_json(Self::suppression_key(provider, email).as_bytes())
+    }
+
+    pub fn put_suppression(&mut self, s: &Suppression) {
+        self.insert(Self::suppression_key(&s.provider, &s.email), encode(s));
+    }
+
+    pub fn remove_suppression(&mut self, provider: &str, email: &Email) {
+        self.remove(Self::suppression_key(provider, email));
+    }
+
+    /// Every suppression, or one provider's, in key order (provider, then address).
+    pub fn suppressions(&self, provider: Option<&str>) -> Result<Vec<Suppression>> {
+        let prefix = match provider {
+            Some(p) => format!("s/{p}/"),
+            None => "s/".to_string(),
+        };
+        self.scan(prefix.as_bytes())?
             .into_iter()
             .map(|(k, v)| decode(&k, &v))
             .collect()

@@ -27,6 +27,7 @@ pub const PAGES: &[&str] = &[
     "page_accept_customer",
     "page_result",
     "page_invalid",
+    "page_unsubscribe",
 ];
 
 macro_rules! locale_files {
@@ -48,6 +49,7 @@ macro_rules! all_files {
             "test_email.subject.hbs", "test_email.txt.hbs", "test_email.html.hbs",
             "page_verify_contact.html.hbs", "page_accept_agreement.html.hbs", "page_authorize_provider.html.hbs",
             "page_enroll.html.hbs", "page_accept_customer.html.hbs", "page_result.html.hbs", "page_invalid.html.hbs",
+            "page_unsubscribe.html.hbs",
         )
     };
 }
@@ -182,6 +184,7 @@ mod tests {
         f: &'a MailFieldsV1,
         link: String,
         expires_at: String,
+        unsubscribe: String,
     }
 
     fn variants() -> Vec<MailFieldsV1> {
@@ -233,6 +236,7 @@ mod tests {
     fn every_mail_template_renders_in_every_locale() {
         let t = Templates::load(None).unwrap_or_else(|e| panic!("{e}"));
         let token = "AQJrMQI-secret-token-value_0123456789";
+        let unsub_token = "AQJrMQU-unsubscribe-token_0123456789";
         for locale in LOCALES {
             for kind in MAIL_KINDS {
                 for f in variants() {
@@ -241,6 +245,14 @@ mod tests {
                         f: &f,
                         link: format!("http://127.0.0.1:8080/t/{token}"),
                         expires_at: "2026-12-08 14:00 UTC".into(),
+                        unsubscribe: if matches!(
+                            *kind,
+                            "provider_invitation" | "invitation_reminder"
+                        ) {
+                            format!("http://127.0.0.1:8080/u/{unsub_token}")
+                        } else {
+                            String::new()
+                        },
                     };
                     let r = t
                         .render_mail(kind, locale, &ctx)
@@ -277,6 +289,13 @@ mod tests {
                             "{locale} {kind}: the link is in both parts"
                         );
                     }
+                    if matches!(*kind, "provider_invitation" | "invitation_reminder") {
+                        assert!(
+                            r.text.contains(unsub_token) && r.html.contains(unsub_token),
+                            "{locale} {kind}: the unsubscribe link is in both parts"
+                        );
+                        assert!(!r.subject.contains(unsub_token), "{locale} {kind}");
+                    }
                 }
             }
         }
@@ -302,6 +321,7 @@ mod tests {
                         "admin_access": flag, "in_markets": flag, "markets": "KR", "expires_at": "soon",
                         "consent_error": flag, "errors": errors, "values": values,
                         "result": "done", "result_title": "T", "result_message": "M",
+                        "suppressed": flag, "pending": flag,
                     });
                     let html = t
                         .render_page(page, locale, &ctx)

@@ -182,6 +182,7 @@ pub enum Invalid {
 }
 
 /// Full check of a decoded token against the record it names (the record lookup is the caller's).
+/// The generation is checked only for purposes bound to it (an unsubscribe link outlives resends).
 pub fn check(
     keys: &Keys,
     kid: &str,
@@ -195,7 +196,7 @@ pub fn check(
     if claims.expires_at <= exp.now.timestamp() {
         return Err(Invalid::Expired);
     }
-    if claims.generation != exp.generation {
+    if claims.purpose.bound_to_generation() && claims.generation != exp.generation {
         return Err(Invalid::OldGeneration);
     }
     Ok(())
@@ -312,6 +313,53 @@ mod tests {
             assert!(run(&k, &tampered, "a@b.test", 3).is_err(), "byte {i}");
         }
         assert_eq!(run(&k, "garbage", "a@b.test", 3), Err(Invalid::Malformed));
+    }
+
+    #[test]
+    fn an_unsubscribe_token_outlives_resends_but_nothing_else() {
+        let k = keys("k1");
+        let unsub = Claims {
+            purpose: Purpose::Unsubscribe,
+            ..claims()
+        };
+        let t = k.sign(&unsub, &email("a@b.test"));
+        // the record moved on to generation 9 (resends): still good
+        assert_eq!(run(&k, &t, "a@b.test", 9), Ok(unsub.clone()));
+        // but still bound to recipient, expiry and MAC
+        assert_eq!(run(&k, &t, "other@b.test", 3), Err(Invalid::BadMac));
+        let expired = Claims {
+            expires_at: now().timestamp(),
+            ..unsub.clone()
+        };
+        let t2 = k.sign(&expired, &email("a@b.test"));
+        assert_eq!(run(&k, &t2, "a@b.test", 3), Err(Invalid::Expired));
+        // the purpose is under the MAC: an unsubscribe token re-labelled as another purpose fails
+        let mut raw = data_encoding::BASE64URL_NOPAD
+            .decode(t.as_bytes())
+            .unwrap_or_default();
+        let purpose_at = 2 + "k1".len();
+        assert_eq!(raw[purpose_at], Purpose::Unsubscribe.code());
+        raw[purpose_at] = Purpose::AuthorizeProvider.code();
+        let relabelled = data_encoding::BASE64URL_NOPAD.encode(&raw);
+        assert_eq!(run(&k, &relabelled, "a@b.test", 3), Err(Invalid::BadMac));
+        // every acting purpose still dies with its generation
+        for p in [
+            Purpose::VerifyContact,
+            Purpose::AuthorizeProvider,
+            Purpose::AcceptAgreement,
+            Purpose::AcceptCustomer,
+        ] {
+            let c = Claims {
+                purpose: p,
+                ..claims()
+            };
+            let t = k.sign(&c, &email("a@b.test"));
+            assert_eq!(
+                run(&k, &t, "a@b.test", 4),
+                Err(Invalid::OldGeneration),
+                "{p:?}"
+            );
+        }
     }
 
     #[test]

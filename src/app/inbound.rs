@@ -154,10 +154,13 @@ impl App {
                     Ok(to) => {
                         self.save(txn, &rec)?;
                         Self::queue_provider_notice(sh, txn, &rec, words, now)?;
+                        let suppressed = self
+                            .suppress_after_bounce(sh, txn, &rec, &detail, now)?
+                            .unwrap_or_default();
                         (
                             "bounce",
                             format!(
-                                "{} -> {to}",
+                                "{} -> {to}{suppressed}",
                                 rec.history
                                     .iter()
                                     .rev()
@@ -173,6 +176,9 @@ impl App {
             }
             Classification::AutoReply { reason } => {
                 ("auto_reply", format!("ignored: {reason}"), record)
+            }
+            Classification::Unrecognised { reason } if msg.unsubscribe_request => {
+                self.inbound_unsubscribe(sh, txn, msg, mref, reason, now)?
             }
             Classification::Unrecognised { reason } => (
                 "unrecognised",

@@ -7,7 +7,10 @@ mod links;
 mod onboarding;
 mod queries;
 mod sending;
+mod suppression;
 mod timers;
+
+pub use suppression::{suppression_json, UnsubscribeCheck, UnsubscribeOutcome};
 
 use std::sync::{Arc, RwLock};
 
@@ -72,6 +75,14 @@ pub enum AppError {
     Invalid { field: String, message: String },
     #[error("{0}")]
     Refused(String),
+    /// An invitation to an address on the provider's suppression list: nothing was sent.
+    #[error("{email} is on the suppression list of provider {provider} since {since} ({why}); no invitation was sent (`invited suppress remove --provider {provider} --email {email}` lifts it)")]
+    Suppressed {
+        provider: String,
+        email: String,
+        since: String,
+        why: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -216,6 +227,8 @@ pub struct BulkResult {
     pub queued: u64,
     pub existing: u64,
     pub rejected: u64,
+    /// rows whose address is on the provider's suppression list: no record, no mail
+    pub suppressed: u64,
     pub rows: Vec<BulkRow>,
 }
 
@@ -352,6 +365,15 @@ impl App {
             Purpose::VerifyContact => MailKind::ContactVerification,
             Purpose::AcceptAgreement => MailKind::AgreementRequest,
             Purpose::AuthorizeProvider => {
+                // Never to a suppressed address. `invite_in` refuses those and suppressing
+                // declines the pending invitation, so no waiting invitation should get here;
+                // this keeps reminders and re-sends honest should one ever do.
+                if let Some(p) = rec.provider() {
+                    if Self::is_suppressed(txn, p, rec.recipient())? {
+                        tracing::info!(record = %rec.id, "invitation mail not sent: the address is suppressed");
+                        return Ok(());
+                    }
+                }
                 f.needs_enrollment = Self::active_enrollment(txn, rec.recipient())?.is_none();
                 if reminder {
                     MailKind::InvitationReminder
@@ -367,6 +389,8 @@ impl App {
                 }
                 MailKind::CustomerInvitation
             }
+            // an unsubscribe link rides along with the invitation; nothing waits for it
+            Purpose::Unsubscribe => return Ok(()),
         };
         let name = f.recipient_name.clone();
         Self::queue(

@@ -26,6 +26,9 @@ impl App {
                 existing: true,
             });
         }
+        if let Some(s) = txn.suppression(&provider.id, &v.email)? {
+            return Err(AppError::suppressed(&s));
+        }
         let enrollment = Self::active_enrollment(txn, &v.email)?.map(|r| r.id);
         let mut rec = Record::new(
             Body::ProviderAuthorization(ProviderAuthorization {
@@ -127,6 +130,18 @@ impl App {
                         });
                     }
                     Err(AppError::Store(e)) => return Err(AppError::Store(e)),
+                    Err(AppError::Suppressed { since, why, .. }) => {
+                        out.suppressed += 1;
+                        out.rows.push(BulkRow {
+                            line: *line,
+                            email,
+                            outcome: "suppressed",
+                            id: None,
+                            reason: Some(format!(
+                                "on the provider's suppression list since {since} ({why}); nothing sent"
+                            )),
+                        });
+                    }
                     Err(e) => {
                         out.rejected += 1;
                         out.rows.push(BulkRow {

@@ -214,10 +214,20 @@ impl App {
 
     pub fn inbound(&self, outcome: Option<&str>) -> Result<Vec<InboundRecord>> {
         if let Some(o) = outcome {
-            if !["bounce", "auto_reply", "command", "unrecognised"].contains(&o) {
+            if ![
+                "bounce",
+                "auto_reply",
+                "command",
+                "unsubscribe",
+                "unrecognised",
+            ]
+            .contains(&o)
+            {
                 return Err(AppError::Invalid {
                     field: "outcome".into(),
-                    message: format!("{o:?} is not bounce, auto_reply, command or unrecognised"),
+                    message: format!(
+                        "{o:?} is not bounce, auto_reply, command, unsubscribe or unrecognised"
+                    ),
                 });
             }
         }

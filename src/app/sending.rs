@@ -47,6 +47,10 @@ impl App {
                                     let (SendError::Permanent(words)
                                     | SendError::Transient(words)) = &e;
                                     Self::queue_provider_notice(&sh, txn, &rec, words, now)?;
+                                    // a 5xx is a hard bounce: the address goes on the list
+                                    if matches!(e, SendError::Permanent(_)) {
+                                        self.suppress_after_bounce(&sh, txn, &rec, &detail, now)?;
+                                    }
                                 }
                             }
                         }

@@ -283,6 +283,7 @@ function parseEml(file) {
   const out = { text: '', html: '' };
   collectParts(top, out);
   const m = out.text.match(/\/t\/[A-Za-z0-9_-]+/);
+  const u = (top.headers['list-unsubscribe'] || '').match(/\/u\/[A-Za-z0-9_-]+/);
   return {
     file,
     to: addr(top.headers.to).toLowerCase(),
@@ -292,6 +293,7 @@ function parseEml(file) {
     text: out.text,
     html: out.html,
     link: m ? m[0] : null,
+    unsubscribe: u ? u[0] : null, // the List-Unsubscribe link (invitations and reminders)
   };
 }
 
@@ -558,6 +560,8 @@ async function scannerPhase() {
     if (!recipients.has(o.to.toLowerCase())) continue;
     const m = emls.get(o.message_id);
     if (m && m.link) links.set(m.link, `${o.kind} to ${o.to}`);
+    // scanners open the unsubscribe link too (it is in the footer): it must change nothing
+    if (m && m.unsubscribe) links.set(m.unsubscribe, `unsubscribe(${o.kind}) to ${o.to}`);
   }
   const kinds = new Set([...links.values()].map((k) => k.split(' ')[0]));
   check(
@@ -585,7 +589,8 @@ async function scannerPhase() {
     else badStatus.push(`HEAD ${kind}: ${h.status} (GET ${g.status})`);
     if (g.status === 200) {
       // the page's primary form: the first `action` field on it
-      const action = (gb.match(/name="action" value="([a-z_]+)"/) || [])[1];
+      const action = (gb.match(/name="action" value="([a-z_]+)"/) || [])[1]
+        || (gb.match(/name="List-Unsubscribe" value="One-Click"/) ? 'one_click' : undefined);
       pagesSeen.add(`${kind.split(' ')[0]}:${action}`);
     }
     const resp = await page.goto(url(p), { waitUntil: 'networkidle' });
@@ -607,13 +612,14 @@ async function scannerPhase() {
   check(`scanner: ${links.size} links answered GET with 200 or the generic 404`, getOk === links.size && links.size > 0, badStatus.join('; '));
   check('scanner: HEAD answers as GET does', headOk === links.size, badStatus.join('; '));
   check(
-    'scanner: the live pages were the enrollment form, verification, agreement, authorization and customer pages',
+    'scanner: the live pages were the enrollment form, verification, agreement, authorization, customer and unsubscribe pages',
     [
       'provider_invitation:enroll',
       'provider_invitation:authorize',
       'contact_verification:confirm',
       'agreement_request:accept',
       'customer_invitation:accept',
+      'unsubscribe(provider_invitation):one_click',
     ].every((a) => pagesSeen.has(a)),
     [...pagesSeen].join(', '),
   );
@@ -631,6 +637,8 @@ async function scannerPhase() {
   const grown = diff('history');
   check(`scanner: 0 of ${before.size} records changed state`, changed.length === 0 && after.size === before.size, changed.join('; '));
   check('scanner: every history length unchanged', grown.length === 0, grown.join('; '));
+  const suppressed = await json('suppress', 'list');
+  check('scanner: no address was suppressed by opening unsubscribe links', suppressed.length === 0, short(suppressed));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -888,6 +896,27 @@ async function mainFlows() {
     cs2.state === 'accepted' && cs2.history.length === hist && (cs2.relationships || []).length === 2,
     `status=${reload && reload.status()} history ${hist}→${cs2.history.length}`);
   if (reload) note(`reloading the customer result page (POST re-sent) shows HTTP ${reload.status()} "${await h1(page)}"`);
+
+  // (i) unsubscribe from an invitation's List-Unsubscribe link, by the confirm page's button
+  const LEE = 'lee@woodgrove.test';
+  const seen6 = await knownMessageIds();
+  const lee = await invite(LEE, 'Woodgrove Korea', 'ko-KR');
+  const lm = await waitMail(LEE, 'provider_invitation', seen6);
+  check('(i) the invitation carries a List-Unsubscribe link', !!lm.unsubscribe, short(lm.unsubscribe));
+  resp = await page.goto(url(lm.unsubscribe));
+  check('(i) the unsubscribe link opens a confirm page (ko-KR, security headers); nothing changes yet',
+    resp.status() === 200 && (await htmlLang(page)) === 'ko' && securityHeaders(resp) &&
+      (await page.locator('input[name="List-Unsubscribe"][value="One-Click"]').count()) === 1 &&
+      (await stateOf(lee.id)) === 'invited',
+    `status=${resp.status()} lang=${await htmlLang(page)}`);
+  await artifact(page, 'unsubscribe');
+  resp = await submitBy(page, 'form:has(input[name="List-Unsubscribe"]) button[type=submit]');
+  await artifact(page, 'unsubscribe-done');
+  const suppressedNow = await json('suppress', 'list');
+  check('(i) Unsubscribe → the invitation is declined and the address suppressed (channel link)',
+    resp.status() === 200 && (await stateOf(lee.id)) === 'declined' &&
+      suppressedNow.some((x) => x.email === LEE && x.provider === 'contoso-kr' && x.channel === 'link'),
+    `status=${resp.status()} ${short(suppressedNow)}`);
 
   await page.close();
 }

@@ -550,6 +550,9 @@ pub struct Mail {
     pub text: String,
     pub html: String,
     pub auto_submitted: String,
+    /// `List-Unsubscribe` and `List-Unsubscribe-Post`, unfolded and trimmed ("" when absent)
+    pub list_unsubscribe: String,
+    pub list_unsubscribe_post: String,
     pub written: Option<std::time::SystemTime>,
 }
 
@@ -576,8 +579,52 @@ impl Mail {
                 .unwrap_or_default()
                 .trim()
                 .to_string(),
+            list_unsubscribe: unfold(m.header_raw("List-Unsubscribe")),
+            list_unsubscribe_post: unfold(m.header_raw("List-Unsubscribe-Post")),
             written,
         }
+    }
+
+    /// The URIs of `List-Unsubscribe` (RFC 2369: `<uri>, <uri>`), in order.
+    pub fn unsubscribe_uris(&self) -> Vec<String> {
+        self.list_unsubscribe
+            .split(',')
+            .map(|u| {
+                u.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// The path of the https (here: the configured public URL's) `List-Unsubscribe` link
+    /// (`/u/<token>`).
+    pub fn unsubscribe_path(&self) -> String {
+        self.unsubscribe_uris()
+            .iter()
+            .find_map(|u| {
+                u.strip_prefix("http://links.invited.test")
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| panic!("no unsubscribe link in {:?}", self.list_unsubscribe))
+    }
+
+    /// The address and subject of the `List-Unsubscribe` mailto.
+    pub fn unsubscribe_mailto(&self) -> (String, String) {
+        let uri = self
+            .unsubscribe_uris()
+            .into_iter()
+            .find(|u| u.starts_with("mailto:"))
+            .unwrap_or_else(|| panic!("no mailto in {:?}", self.list_unsubscribe));
+        let rest = &uri["mailto:".len()..];
+        let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let subject = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("subject="))
+            .unwrap_or_default();
+        (addr.to_string(), subject.to_string())
     }
 
     /// The path of the link in the message (`/t/<token>`).
@@ -593,6 +640,14 @@ impl Mail {
             .unwrap_or(rest.len());
         rest[..end].to_string()
     }
+}
+
+/// A raw header value unfolded (RFC 5322 folding whitespace made one space) and trimmed.
+fn unfold(v: Option<&str>) -> String {
+    v.unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn reply(

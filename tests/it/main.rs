@@ -15,4 +15,5 @@ mod service;
 mod slowclient;
 mod smtp;
 mod tokens;
+mod unsubscribe;
 mod upgrade;
