@@ -43,6 +43,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/records/{id}", get(show))
         .route("/v1/records/{id}/{op}", post(record_op))
         .route("/v1/outbox", get(outbox))
+        .route("/v1/outbox-summary", get(outbox_summary))
         .route("/v1/outbox/{id}", get(outbox_one))
         .route("/v1/outbox/{id}/retry", post(outbox_retry))
         .route("/v1/send-test-email", post(send_test_email))
@@ -277,6 +278,10 @@ async fn record_op(State(st): S, h: HeaderMap, Path((id, op)): Path<(String, Str
 
 async fn outbox(State(st): S, Query(q): Query<HashMap<String, String>>) -> R {
     to_value(st.app.outbox(q.get("dead").is_some_and(|v| v == "true"))?)
+}
+
+async fn outbox_summary(State(st): S) -> R {
+    to_value(st.app.outbox_summary(Utc::now())?)
 }
 
 async fn outbox_one(State(st): S, Path(id): Path<String>) -> R {

@@ -98,6 +98,9 @@ enum Command {
     Outbox {
         #[arg(long)]
         dead: bool,
+        /// Queued, sent today, dead, the configured pace and the estimated finish
+        #[arg(long, conflicts_with = "dead")]
+        summary: bool,
         #[command(subcommand)]
         op: Option<OutboxOp>,
     },
@@ -489,7 +492,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             v
         }
-        Command::Outbox { dead, op: None } => {
+        Command::Outbox {
+            summary: true,
+            op: None,
+            ..
+        } => {
+            let v = call(&sock, "GET", "/v1/outbox-summary", None).await?;
+            if !j {
+                print_summary(&v);
+            }
+            v
+        }
+        Command::Outbox { dead, op: None, .. } => {
             let v = call(&sock, "GET", &format!("/v1/outbox?dead={dead}"), None).await?;
             if !j {
                 for i in v.as_array().into_iter().flatten() {
@@ -854,6 +868,27 @@ impl LineCounter {
         }
         self.offset = offset;
         self.newlines + 1
+    }
+}
+
+fn print_summary(v: &Value) {
+    let limit = |k: &str, unit: &str| match v[k].as_u64() {
+        Some(n) if n > 0 => format!("{n} {unit}"),
+        _ => "no limit".into(),
+    };
+    println!(
+        "{} queued, {} sent today (UTC), {} dead",
+        v["queued"], v["sent_today"], v["dead"]
+    );
+    println!(
+        "pace: {} / {} / {}",
+        limit("rate_per_second", "a second"),
+        limit("rate_per_minute", "a minute"),
+        limit("daily_limit", "a day")
+    );
+    match v["estimated_finish"].as_str() {
+        Some(t) => println!("estimated finish at this pace: {t}"),
+        None => println!("estimated finish: as fast as the server takes them (no limit set)"),
     }
 }
 

@@ -93,6 +93,9 @@ struct RawOutbound {
     password_file: Option<String>,
     concurrency: Option<usize>,
     rate_per_second: Option<u32>,
+    rate_per_minute: Option<u32>,
+    daily_limit: Option<u32>,
+    max_messages_per_connection: Option<u32>,
     max_age: Option<String>,
     ca_file: Option<String>,
 }
@@ -257,6 +260,12 @@ pub struct Config {
     pub dkim: Option<DkimConfig>,
     pub concurrency: usize,
     pub rate_per_second: u32,
+    /// 0 = no limit (Exchange Online allows a mailbox 30)
+    pub rate_per_minute: u32,
+    /// messages per UTC day; 0 = no limit
+    pub daily_limit: u32,
+    /// an SMTP connection is closed and a new one opened after this many messages
+    pub max_messages_per_connection: u32,
     pub max_age: Duration,
     pub inbound: Inbound,
     pub poll_interval: Duration,
@@ -338,6 +347,15 @@ impl Config {
     /// daemon starts (listeners, the store, the transports and the inbound source): a reload
     /// keeps their old values and names them. Everything else (providers, policy, mail
     /// addresses, templates, keys, the DMARC authserv-id, max_age) takes effect at once.
+    /// The sending pace the outbound transport is configured for.
+    pub fn pace(&self) -> crate::pacing::Pace {
+        crate::pacing::Pace {
+            per_second: self.rate_per_second,
+            per_minute: self.rate_per_minute,
+            per_day: self.daily_limit,
+        }
+    }
+
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let dbg = |v: &dyn std::fmt::Debug| format!("{v:?}");
         let checks: [(&'static str, bool); 14] = [
@@ -657,6 +675,15 @@ impl Config {
             ));
         }
         let rate_per_second = o.rate_per_second.unwrap_or(0);
+        let rate_per_minute = o.rate_per_minute.unwrap_or(0);
+        let daily_limit = o.daily_limit.unwrap_or(0);
+        let max_messages_per_connection = o.max_messages_per_connection.unwrap_or(100);
+        if max_messages_per_connection == 0 {
+            return Err(bad(
+                "mail.outbound.max_messages_per_connection",
+                "must be at least 1".into(),
+            ));
+        }
 
         let i = &raw.mail.inbound;
         let inbound = match i.source.as_str() {
@@ -805,6 +832,9 @@ impl Config {
             dkim,
             concurrency,
             rate_per_second,
+            rate_per_minute,
+            daily_limit,
+            max_messages_per_connection,
             max_age: dur("mail.outbound.max_age", &o.max_age, "5d")?,
             inbound,
             poll_interval: dur("mail.inbound.poll_interval", &i.poll_interval, "30s")?,

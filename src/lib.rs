@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod outbox;
+pub mod pacing;
 pub mod pages;
 pub mod private;
 pub mod rules;

@@ -192,6 +192,34 @@ impl App {
         Ok(crate::backup::encode(header, &entries))
     }
 
+    /// `outbox --summary`: what is queued, sent this UTC day and dead, the configured pace, and
+    /// when the queue will have gone out at that pace (null when nothing limits it).
+    pub fn outbox_summary(&self, now: Timestamp) -> Result<Value> {
+        let sh = self.shared();
+        let (queued, dead) = self.outbox_gauges();
+        let day = crate::pacing::start_of_day(now);
+        let sent_today = self
+            .store
+            .read()
+            .outbox_all()?
+            .iter()
+            .filter(|i| i.sent_at.is_some_and(|t| t >= day))
+            .count();
+        let finish = sh
+            .cfg
+            .pace()
+            .estimated_finish(now, queued as u64, sent_today as u64);
+        Ok(json!({
+            "queued": queued,
+            "sent_today": sent_today,
+            "dead": dead,
+            "rate_per_second": sh.cfg.rate_per_second,
+            "rate_per_minute": sh.cfg.rate_per_minute,
+            "daily_limit": sh.cfg.daily_limit,
+            "estimated_finish": finish.map(|t| rfc3339(&t)),
+        }))
+    }
+
     /// (queued, dead) outbox items, for STATUS and `/metrics`.
     pub fn outbox_gauges(&self) -> (usize, usize) {
         (self.store.outbox_depth(), self.store.outbox_dead_count())
