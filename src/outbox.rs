@@ -472,6 +472,7 @@ mod tests {
             public_url: "https://links.invited.test",
             keys: &keys,
             templates: &templates,
+            dkim: None,
         };
         let cases = [
             (
