@@ -91,7 +91,9 @@ impl MailStack {
             port: self.port("IMAP_PORT"),
             tls: invited::config::Tls::None,
             username: user.into(),
-            password_file: PathBuf::new(),
+            auth: invited::config::MailAuth::Password {
+                password_file: PathBuf::new(),
+            },
             mailbox: "INBOX".into(),
             processed_mailbox: "Processed".into(),
             idle: false,
