@@ -439,6 +439,8 @@ fn expired_refused_and_revoked_tokens() {
         s.expires_in = 3600;
         s.valid_for = Duration::from_secs(3600);
     });
+    // the cached 2 s token lapses, so the next login fetches a long-lived one
+    std::thread::sleep(Duration::from_millis(2500));
     kick(&ms);
     wait_for(
         "a login with a long-lived token",
