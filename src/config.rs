@@ -98,6 +98,23 @@ struct RawOutbound {
     max_messages_per_connection: Option<u32>,
     max_age: Option<String>,
     ca_file: Option<String>,
+    auth: Option<String>,
+    mechanism: Option<String>,
+    oauth2: Option<RawOAuth2>,
+}
+
+/// `[mail.inbound.oauth2]` / `[mail.outbound.oauth2]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth2 {
+    source: String,
+    token_url: Option<String>,
+    client_id: Option<String>,
+    client_secret_file: Option<String>,
+    scope: Option<String>,
+    token_file: Option<String>,
+    key_file: Option<String>,
+    subject: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +133,9 @@ struct RawInbound {
     poll_interval: Option<String>,
     trusted_authserv_id: Option<String>,
     ca_file: Option<String>,
+    auth: Option<String>,
+    mechanism: Option<String>,
+    oauth2: Option<RawOAuth2>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -196,13 +216,66 @@ pub enum Outbound {
     Smtp(SmtpConfig),
 }
 
+/// The SASL mechanism that carries an OAuth2 bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuth2Mechanism {
+    /// Google's and Microsoft's `XOAUTH2`.
+    XOAuth2,
+    /// RFC 7628 `OAUTHBEARER`.
+    OAuthBearer,
+}
+
+/// Where the bearer tokens come from (`[mail.inbound.oauth2] source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OAuth2Source {
+    /// A token some other tool keeps fresh in a file; re-read when the server refuses it.
+    Static { token_file: PathBuf },
+    /// OAuth2 client credentials grant (Microsoft Entra: an app with `IMAP.AccessAsApp`).
+    ClientCredentials {
+        token_url: String,
+        client_id: String,
+        client_secret_file: PathBuf,
+        scope: String,
+    },
+    /// RFC 7523 JWT bearer grant (a Google service account with domain-wide delegation).
+    /// `token_url`: `None` means the key file's `token_uri`.
+    JwtBearer {
+        key_file: PathBuf,
+        subject: String,
+        scope: String,
+        token_url: Option<String>,
+    },
+}
+
+/// `[mail.*.oauth2]` validated. Secrets are paths here; `oauth` reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuth2Config {
+    /// `mail.inbound.oauth2` or `mail.outbound.oauth2`: what errors and logs name.
+    pub key: &'static str,
+    pub source: OAuth2Source,
+    /// A private CA (PEM) trusted for `token_url` besides the public roots (the section's `ca_file`).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How a mailbox login proves who it is (`auth`).
+#[derive(Debug, Clone)]
+pub enum MailAuth {
+    Password {
+        password_file: PathBuf,
+    },
+    OAuth2 {
+        mechanism: OAuth2Mechanism,
+        oauth2: Box<OAuth2Config>,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct ImapConfig {
     pub host: String,
     pub port: u16,
     pub tls: Tls,
     pub username: String,
-    pub password_file: PathBuf,
+    pub auth: MailAuth,
     pub mailbox: String,
     pub processed_mailbox: String,
     pub idle: bool,
@@ -512,6 +585,97 @@ impl Config {
             }
         };
 
+        let mechanism = |key: &str, v: &Option<String>| match v.as_deref() {
+            None | Some("xoauth2") => Ok(OAuth2Mechanism::XOAuth2),
+            Some("oauthbearer") => Ok(OAuth2Mechanism::OAuthBearer),
+            Some(o) => Err(bad(
+                key,
+                format!("{o:?} is not \"xoauth2\" or \"oauthbearer\""),
+            )),
+        };
+        let oauth2 = |key: &'static str,
+                      r: Option<&RawOAuth2>,
+                      ca_file: Option<PathBuf>|
+         -> Result<OAuth2Config, ConfigError> {
+            let r = r.ok_or_else(|| bad(key, "is required with auth = \"oauth2\"".into()))?;
+            let k = |name: &str| format!("{key}.{name}");
+            let need = |name: &str, v: &Option<String>| -> Result<String, ConfigError> {
+                v.clone().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                    bad(&k(name), format!("is required for source = {:?}", r.source))
+                })
+            };
+            let unused = |names: &[(&str, bool)]| -> Result<(), ConfigError> {
+                match names.iter().find(|(_, set)| *set) {
+                    Some((name, _)) => Err(bad(
+                        &k(name),
+                        format!("is not used with source = {:?}", r.source),
+                    )),
+                    None => Ok(()),
+                }
+            };
+            let url = |v: String| -> Result<String, ConfigError> {
+                check_token_url(&v).map_err(|m| bad(&k("token_url"), m))?;
+                Ok(v)
+            };
+            let source = match r.source.as_str() {
+                "static" => {
+                    unused(&[
+                        ("token_url", r.token_url.is_some()),
+                        ("client_id", r.client_id.is_some()),
+                        ("client_secret_file", r.client_secret_file.is_some()),
+                        ("scope", r.scope.is_some()),
+                        ("key_file", r.key_file.is_some()),
+                        ("subject", r.subject.is_some()),
+                    ])?;
+                    OAuth2Source::Static {
+                        token_file: secret(&k("token_file"), &need("token_file", &r.token_file)?)?,
+                    }
+                }
+                "client_credentials" => {
+                    unused(&[
+                        ("token_file", r.token_file.is_some()),
+                        ("key_file", r.key_file.is_some()),
+                        ("subject", r.subject.is_some()),
+                    ])?;
+                    OAuth2Source::ClientCredentials {
+                        token_url: url(need("token_url", &r.token_url)?)?,
+                        client_id: need("client_id", &r.client_id)?,
+                        client_secret_file: secret(
+                            &k("client_secret_file"),
+                            &need("client_secret_file", &r.client_secret_file)?,
+                        )?,
+                        scope: need("scope", &r.scope)?,
+                    }
+                }
+                "jwt_bearer" => {
+                    unused(&[
+                        ("token_file", r.token_file.is_some()),
+                        ("client_id", r.client_id.is_some()),
+                        ("client_secret_file", r.client_secret_file.is_some()),
+                    ])?;
+                    OAuth2Source::JwtBearer {
+                        key_file: secret(&k("key_file"), &need("key_file", &r.key_file)?)?,
+                        subject: need("subject", &r.subject)?,
+                        scope: need("scope", &r.scope)?,
+                        token_url: r.token_url.clone().map(url).transpose()?,
+                    }
+                }
+                other => {
+                    return Err(bad(
+                        &k("source"),
+                        format!(
+                            "{other:?} is not \"static\", \"client_credentials\" or \"jwt_bearer\""
+                        ),
+                    ))
+                }
+            };
+            Ok(OAuth2Config {
+                key,
+                source,
+                ca_file,
+            })
+        };
+
         let http_listen: SocketAddr = raw
             .http
             .listen
@@ -616,6 +780,35 @@ impl Config {
         }
 
         let o = &raw.mail.outbound;
+        match o.auth.as_deref().unwrap_or("password") {
+            "password" if o.oauth2.is_none() && o.mechanism.is_none() => {}
+            "password" => {
+                return Err(bad(
+                    "mail.outbound.oauth2",
+                    "is only read with auth = \"oauth2\"".into(),
+                ))
+            }
+            "oauth2" => {
+                // Validated like the inbound block so a config written now stays valid; the SMTP
+                // sender does not speak XOAUTH2 yet, so it is refused rather than ignored.
+                mechanism("mail.outbound.mechanism", &o.mechanism)?;
+                oauth2(
+                    "mail.outbound.oauth2",
+                    o.oauth2.as_ref(),
+                    o.ca_file.as_deref().map(resolve),
+                )?;
+                return Err(bad(
+                    "mail.outbound.auth",
+                    "\"oauth2\" is not supported by the SMTP sender yet (IMAP only); use a password or an SMTP relay".into(),
+                ));
+            }
+            other => {
+                return Err(bad(
+                    "mail.outbound.auth",
+                    format!("{other:?} is not \"password\" or \"oauth2\""),
+                ))
+            }
+        }
         let outbound = match o.transport.as_str() {
             "file" => Outbound::File {
                 dir: resolve(o.dir.as_deref().ok_or_else(|| {
@@ -710,15 +903,50 @@ impl Config {
                         "is required for source = \"imap\"".into(),
                     )
                 })?,
-                password_file: secret(
-                    "mail.inbound.password_file",
-                    i.password_file.as_deref().ok_or_else(|| {
-                        bad(
-                            "mail.inbound.password_file",
-                            "is required for source = \"imap\"".into(),
-                        )
-                    })?,
-                )?,
+                auth: match i.auth.as_deref().unwrap_or("password") {
+                    "password" => {
+                        if i.oauth2.is_some() {
+                            return Err(bad(
+                                "mail.inbound.oauth2",
+                                "is only read with auth = \"oauth2\"".into(),
+                            ));
+                        }
+                        MailAuth::Password {
+                            password_file: secret(
+                                "mail.inbound.password_file",
+                                i.password_file.as_deref().ok_or_else(|| {
+                                    bad(
+                                        "mail.inbound.password_file",
+                                        "is required for source = \"imap\" with auth = \"password\""
+                                            .into(),
+                                    )
+                                })?,
+                            )?,
+                        }
+                    }
+                    "oauth2" => {
+                        if i.password_file.is_some() {
+                            return Err(bad(
+                                "mail.inbound.password_file",
+                                "is not used with auth = \"oauth2\"".into(),
+                            ));
+                        }
+                        MailAuth::OAuth2 {
+                            mechanism: mechanism("mail.inbound.mechanism", &i.mechanism)?,
+                            oauth2: Box::new(oauth2(
+                                "mail.inbound.oauth2",
+                                i.oauth2.as_ref(),
+                                i.ca_file.as_deref().map(resolve),
+                            )?),
+                        }
+                    }
+                    other => {
+                        return Err(bad(
+                            "mail.inbound.auth",
+                            format!("{other:?} is not \"password\" or \"oauth2\""),
+                        ))
+                    }
+                },
                 mailbox: i.mailbox.clone().unwrap_or_else(|| "INBOX".into()),
                 processed_mailbox: i
                     .processed_mailbox
@@ -871,6 +1099,30 @@ impl Config {
             Some(l) if LOCALES.contains(&l) => l.to_string(),
             _ => self.default_locale.clone(),
         }
+    }
+}
+
+/// A token endpoint is https, or http on a loopback host (tests, a local token broker).
+pub fn check_token_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{url:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http")
+            if host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback()) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{url:?} must be https:// (http:// only on a loopback host)"
+        )),
     }
 }
 
@@ -1056,6 +1308,93 @@ mod tests {
                 .unwrap_or_default();
             assert!(err.contains(key), "{b}: error {err:?} should name {key}");
         }
+    }
+
+    #[test]
+    fn oauth2_blocks_are_typed_and_their_errors_name_the_key() {
+        // `extra` goes into [mail.inbound] (now IMAP); a "[mail.inbound.oauth2]" part of it goes
+        // after that section's own keys.
+        let with = |extra: &str| {
+            let (keys, table) = extra
+                .split_once("[mail.inbound.oauth2]")
+                .map(|(k, t)| (k.to_string(), format!("[mail.inbound.oauth2]{t}\n")))
+                .unwrap_or((extra.to_string(), String::new()));
+            SHIPPED
+                .replace(
+                    "[mail.inbound]\nsource = \"maildir\"                        # or \"imap\"\ndir = \"../var/inbox\"",
+                    &format!("[mail.inbound]\nsource = \"imap\"\nhost = \"imap.example\"\nusername = \"partners@contoso.com\"\n{keys}"),
+                )
+                .replace("\n[policy]", &format!("\n{table}\n[policy]"))
+        };
+        let cc = "auth = \"oauth2\"\n[mail.inbound.oauth2]\nsource = \"client_credentials\"\ntoken_url = \"https://login.microsoftonline.com/t/oauth2/v2.0/token\"\nclient_id = \"id\"\nclient_secret_file = \"secret.txt\"\nscope = \"https://outlook.office365.com/.default\"";
+        let c = parse(&with(cc)).unwrap_or_else(|e| panic!("{e}"));
+        let Inbound::Imap(imap_cfg) = c.inbound else {
+            panic!("not imap")
+        };
+        let MailAuth::OAuth2 { mechanism, oauth2 } = imap_cfg.auth else {
+            panic!("not oauth2")
+        };
+        assert_eq!(mechanism, OAuth2Mechanism::XOAuth2);
+        assert!(
+            matches!(oauth2.source, OAuth2Source::ClientCredentials { ref client_secret_file, .. } if client_secret_file == Path::new("/etc/invited/secret.txt"))
+        );
+        let err = |text: String| {
+            parse(&text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        // http only on loopback
+        let e = err(with(&cc.replace("https://login", "http://login")));
+        assert!(
+            e.contains("`mail.inbound.oauth2.token_url`") && e.contains("https"),
+            "{e}"
+        );
+        assert!(parse(&with(&cc.replace(
+            "https://login.microsoftonline.com",
+            "http://127.0.0.1:8080"
+        )))
+        .is_ok());
+        let e = err(with(&cc.replace("client_id = \"id\"\n", "")));
+        assert!(
+            e.contains("`mail.inbound.oauth2.client_id`: is required"),
+            "{e}"
+        );
+        let e = err(with(&cc.replace("client_credentials", "password_grant")));
+        assert!(e.contains("`mail.inbound.oauth2.source`"), "{e}");
+        let e = err(with(&format!("{cc}\nkey_file = \"k.json\"")));
+        assert!(
+            e.contains("`mail.inbound.oauth2.key_file`: is not used"),
+            "{e}"
+        );
+        let e = err(with(&cc.replace(
+            "auth = \"oauth2\"",
+            "auth = \"oauth2\"\nmechanism = \"plain\"",
+        )));
+        assert!(e.contains("`mail.inbound.mechanism`"), "{e}");
+        let e = err(with("auth = \"oauth2\""));
+        assert!(e.contains("`mail.inbound.oauth2`: is required"), "{e}");
+        let jwt = "auth = \"oauth2\"\nmechanism = \"oauthbearer\"\n[mail.inbound.oauth2]\nsource = \"jwt_bearer\"\nkey_file = \"sa.json\"\nsubject = \"partners@contoso.com\"\nscope = \"https://mail.google.com/\"";
+        let c = parse(&with(jwt)).unwrap_or_else(|e| panic!("{e}"));
+        let Inbound::Imap(imap_cfg) = c.inbound else {
+            panic!("not imap")
+        };
+        let MailAuth::OAuth2 { mechanism, oauth2 } = imap_cfg.auth else {
+            panic!("not oauth2")
+        };
+        assert_eq!(mechanism, OAuth2Mechanism::OAuthBearer);
+        assert!(matches!(
+            oauth2.source,
+            OAuth2Source::JwtBearer {
+                token_url: None,
+                ..
+            }
+        ));
+        let st = "auth = \"oauth2\"\n[mail.inbound.oauth2]\nsource = \"static\"\ntoken_file = \"credential:imap-token\"";
+        assert!(parse(&with(st)).is_ok());
+        // password auth still wants its file
+        let e = err(with(""));
+        assert!(e.contains("`mail.inbound.password_file`"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! flagged where MOVE is missing); reconnects with backoff. Each message's RFC822.SIZE is
 //! fetched before its body: one over `classify::MAX_MESSAGE_BYTES` is fetched only as far as
 //! the first `classify::MAX_HEAD_BYTES` of its header and ends `unrecognised`, "too large".
+//! Login is LOGIN with a password, or AUTHENTICATE XOAUTH2 / OAUTHBEARER with a bearer token from
+//! `oauth` (a refused token is fetched again once and the login retried).
 
 use std::path::Path;
 use std::pin::Pin;
@@ -22,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::classify;
-use crate::config::{ImapConfig, Tls};
+use crate::config::{ImapConfig, MailAuth, OAuth2Mechanism, Tls};
+use crate::oauth::{BearerToken, TokenSource};
 
 /// Re-issue IDLE well before RFC 2177's 29-minute server timeout.
 const IDLE_RENEW: Duration = Duration::from_secs(25 * 60);
@@ -107,17 +110,17 @@ async fn tls_wrap(
         .await?)
 }
 
-pub async fn connect(
+/// Connects (TLS / STARTTLS / plain as configured) and reads the greeting; not logged in.
+async fn open(
     cfg: &ImapConfig,
-    password: &str,
     tls: Arc<rustls::ClientConfig>,
-) -> anyhow::Result<Session> {
+) -> anyhow::Result<async_imap::Client<Stream>> {
     let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port))
         .await
         .with_context(|| format!("connecting to {}:{}", cfg.host, cfg.port))?;
     // Without NODELAY every command round trip waits on Nagle + delayed ACK (~40-90 ms).
     tcp.set_nodelay(true)?;
-    let client = match cfg.tls {
+    Ok(match cfg.tls {
         Tls::Tls => {
             let mut c = async_imap::Client::new(Stream::Tls(Box::new(
                 tls_wrap(tcp, &cfg.host, tls).await?,
@@ -147,11 +150,127 @@ pub async fn connect(
             };
             async_imap::Client::new(Stream::Tls(Box::new(tls_wrap(tcp, &cfg.host, tls).await?)))
         }
-    };
-    client
+    })
+}
+
+/// Connects and logs in with a password (LOGIN).
+pub async fn connect(
+    cfg: &ImapConfig,
+    password: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<Session> {
+    open(cfg, tls)
+        .await?
         .login(&cfg.username, password)
         .await
         .map_err(|(e, _)| anyhow!("IMAP login as {} failed: {e}", cfg.username))
+}
+
+/// The SASL exchange for a bearer token: the initial response first; any further challenge is
+/// the server's error report (RFC 7628 3.2.2, and XOAUTH2's JSON), kept for the log and
+/// answered with the dummy response that ends the exchange.
+struct BearerAuth {
+    initial: Option<String>,
+    dummy: &'static str,
+    server_said: Arc<std::sync::Mutex<String>>,
+}
+
+impl async_imap::Authenticator for BearerAuth {
+    type Response = String;
+    fn process(&mut self, challenge: &[u8]) -> String {
+        match self.initial.take() {
+            Some(first) => first,
+            None => {
+                if let Ok(mut said) = self.server_said.lock() {
+                    *said = crate::text::escape_controls(&String::from_utf8_lossy(
+                        &challenge[..challenge.len().min(512)],
+                    ));
+                }
+                self.dummy.to_string()
+            }
+        }
+    }
+}
+
+/// Why an OAuth2 login did not work.
+#[derive(Debug, thiserror::Error)]
+pub enum BearerLoginError {
+    /// The server refused the token: its words (the tagged answer and, if any, its error challenge).
+    #[error("{0}")]
+    Refused(String),
+    /// The connection or the protocol failed before the server judged the token.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Connects and logs in with a bearer token (AUTHENTICATE XOAUTH2 or OAUTHBEARER).
+pub async fn connect_bearer(
+    cfg: &ImapConfig,
+    mechanism: OAuth2Mechanism,
+    token: &BearerToken,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Session, BearerLoginError> {
+    let client = open(cfg, tls).await?;
+    let server_said = Arc::new(std::sync::Mutex::new(String::new()));
+    let (name, initial, dummy) = match mechanism {
+        OAuth2Mechanism::XOAuth2 => ("XOAUTH2", crate::oauth::xoauth2(&cfg.username, token), ""),
+        OAuth2Mechanism::OAuthBearer => (
+            "OAUTHBEARER",
+            crate::oauth::oauthbearer(&cfg.username, &cfg.host, cfg.port, token),
+            "\x01",
+        ),
+    };
+    let auth = BearerAuth {
+        initial: Some(initial),
+        dummy,
+        server_said: server_said.clone(),
+    };
+    match client.authenticate(name, auth).await {
+        Ok(session) => Ok(session),
+        Err((e, _)) => {
+            let said = server_said.lock().map(|s| s.clone()).unwrap_or_default();
+            let answer = crate::text::escape_controls(&e.to_string());
+            match e {
+                async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_) => {
+                    Err(BearerLoginError::Refused(if said.is_empty() {
+                        answer
+                    } else {
+                        format!("{answer} (challenge: {said})")
+                    }))
+                }
+                _ => Err(BearerLoginError::Other(anyhow!(
+                    "IMAP AUTHENTICATE {name} as {}: {answer}",
+                    cfg.username
+                ))),
+            }
+        }
+    }
+}
+
+/// A bearer-token login; a refused token is fetched again once and the login retried.
+async fn login_oauth2(
+    cfg: &ImapConfig,
+    mechanism: OAuth2Mechanism,
+    tokens: &TokenSource,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<Session> {
+    let token = tokens.token().await?;
+    match connect_bearer(cfg, mechanism, &token, tls.clone()).await {
+        Ok(s) => return Ok(s),
+        Err(BearerLoginError::Other(e)) => return Err(e),
+        Err(BearerLoginError::Refused(answer)) => {
+            tracing::warn!(username = %cfg.username, mechanism = ?mechanism, server_answer = %answer, "IMAP refused the OAuth2 token; fetching a new token and retrying once");
+        }
+    }
+    let token = tokens.refresh().await?;
+    match connect_bearer(cfg, mechanism, &token, tls).await {
+        Ok(s) => Ok(s),
+        Err(BearerLoginError::Refused(answer)) => Err(anyhow!(
+            "IMAP refused the OAuth2 login as {} again with a new token; server answer: {answer}",
+            cfg.username
+        )),
+        Err(BearerLoginError::Other(e)) => Err(e),
+    }
 }
 
 fn position_key(cfg: &ImapConfig) -> String {
@@ -284,11 +403,21 @@ async fn session_loop(
     poll: Duration,
     tls: Arc<rustls::ClientConfig>,
     shutdown: &CancellationToken,
+    tokens: Option<&TokenSource>,
     connected: &mut bool,
 ) -> anyhow::Result<()> {
-    let password = std::fs::read_to_string(&cfg.password_file)
-        .with_context(|| format!("mail.inbound.password_file {}", cfg.password_file.display()))?;
-    let mut session = connect(cfg, password.trim_end_matches(['\r', '\n']), tls).await?;
+    let mut session = match (&cfg.auth, tokens) {
+        (MailAuth::OAuth2 { mechanism, .. }, Some(tokens)) => {
+            login_oauth2(cfg, *mechanism, tokens, tls).await?
+        }
+        (MailAuth::OAuth2 { .. }, None) => return Err(anyhow!("no OAuth2 token source")),
+        (MailAuth::Password { password_file }, _) => {
+            let password = std::fs::read_to_string(password_file).with_context(|| {
+                format!("mail.inbound.password_file {}", password_file.display())
+            })?;
+            connect(cfg, password.trim_end_matches(['\r', '\n']), tls).await?
+        }
+    };
     *connected = true;
     let caps = session.capabilities().await?;
     let can_idle = cfg.idle && caps.has_str("IDLE");
@@ -351,10 +480,31 @@ pub async fn run(
             return;
         }
     };
+    // One token source for the life of the task, so its cache outlives a reconnect.
+    let tokens = match &cfg.auth {
+        MailAuth::OAuth2 { oauth2, .. } => match TokenSource::new((**oauth2).clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "OAuth2 setup failed; the IMAP source is not running");
+                return;
+            }
+        },
+        MailAuth::Password { .. } => None,
+    };
     let mut delay = Duration::from_millis(500);
     while !shutdown.is_cancelled() {
         let mut connected = false;
-        match session_loop(&app, &cfg, poll, tls.clone(), &shutdown, &mut connected).await {
+        match session_loop(
+            &app,
+            &cfg,
+            poll,
+            tls.clone(),
+            &shutdown,
+            tokens.as_ref(),
+            &mut connected,
+        )
+        .await
+        {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "IMAP session ended; reconnecting")

@@ -16,6 +16,7 @@ pub mod maildir;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod oauth;
 pub mod outbox;
 pub mod pacing;
 pub mod pages;

@@ -15,6 +15,11 @@ pub struct MailStack {
 
 impl MailStack {
     pub fn start(users: &[String]) -> MailStack {
+        MailStack::start_with(users, &[])
+    }
+
+    /// `start` with more options for `scripts/mailstack start` (e.g. `--oauth2 URL`).
+    pub fn start_with(users: &[String], extra: &[&str]) -> MailStack {
         let dir = tempfile::Builder::new()
             .prefix("ms")
             .tempdir_in("/tmp")
@@ -27,6 +32,7 @@ impl MailStack {
             .arg(&dir)
             .arg("--users")
             .arg(&users_file)
+            .args(extra)
             .output()
             .unwrap_or_else(|e| panic!("scripts/mailstack: {e}"));
         assert!(
@@ -91,7 +97,9 @@ impl MailStack {
             port: self.port("IMAP_PORT"),
             tls: invited::config::Tls::None,
             username: user.into(),
-            password_file: PathBuf::new(),
+            auth: invited::config::MailAuth::Password {
+                password_file: PathBuf::new(),
+            },
             mailbox: "INBOX".into(),
             processed_mailbox: "Processed".into(),
             idle: false,
@@ -206,7 +214,7 @@ fn bulk_invitation_of_500_through_postfix_lands_once_each() {
     assert_eq!(checked, 50);
 }
 
-fn reply_raw(from: &str, to_mail: &Mail, mid: &str, body: &str, dmarc: bool) -> String {
+pub fn reply_raw(from: &str, to_mail: &Mail, mid: &str, body: &str, dmarc: bool) -> String {
     let ar = if dmarc {
         format!("Authentication-Results: mx.invited.test; dkim=pass; dmarc=pass (p=none) header.from={}\r\n", from.split('@').nth(1).unwrap_or(""))
     } else {

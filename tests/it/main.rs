@@ -11,6 +11,7 @@ mod flow;
 mod hardening;
 mod harness;
 mod mailstack;
+mod oauth;
 mod service;
 mod slowclient;
 mod smtp;
