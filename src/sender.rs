@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use lettre::address::Envelope;
-use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -20,10 +17,19 @@ use crate::outbox::{OutboxItem, Sender};
 /// How a send failed decides what happens next.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
+    /// This message was refused for now (4xx to its MAIL, RCPT or DATA, or the connection lost
+    /// during its transaction): retried with backoff up to `max_age`.
     #[error("transient: {0}")]
     Transient(String),
+    /// This message was refused for good (5xx to its MAIL, RCPT or DATA): dead-lettered, and
+    /// the record becomes undeliverable.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The transport failed, not this message: connect, TLS, greeting, EHLO, AUTH (`535 5.7.8`),
+    /// a 421, anything before MAIL FROM. The message stays queued and backs off, whatever its
+    /// age; the recipient is never made undeliverable for it.
+    #[error("transport: {0}")]
+    Transport(String),
 }
 
 pub enum Transport {
@@ -64,100 +70,66 @@ impl Transport {
             Transport::Smtp(pool) => pool.send(&envelope, &bytes).await,
         }
     }
+
+    /// At shutdown: QUIT on the pooled SMTP connections.
+    pub async fn close(&self) {
+        if let Transport::Smtp(pool) = self {
+            pool.close().await;
+        }
+    }
 }
 
-/// Pooled SMTP connections, kept open and reused. Our own small pool rather than lettre's
-/// because every connection must have TCP_NODELAY: without it each SMTP command waits on Nagle
-/// and delayed ACK (~40 ms a round trip), which held bulk sends to under 100 messages a second.
+/// Pooled SMTP connections (our own client, `crate::smtp`), kept open and reused: at most
+/// `concurrency` idle ones. A connection that saw an error other than a clean refusal of one
+/// message is dropped, never reused. After a transport failure (connect, TLS, greeting, EHLO,
+/// AUTH, 421) the pool holds off new connections for a while, so a wrong password or a server
+/// that is down is not hammered by every queued message: sends in that window fail at once with
+/// the cause, and each message keeps its own backoff.
 pub struct SmtpPool {
-    cfg: SmtpConfig,
-    hello: ClientId,
-    tls_params: Option<TlsParameters>,
-    implicit_tls: Option<Arc<rustls::ClientConfig>>,
-    credentials: Option<Credentials>,
-    idle: std::sync::Mutex<Vec<AsyncSmtpConnection>>,
+    server: crate::smtp::Server,
+    idle: std::sync::Mutex<Vec<crate::smtp::Connection>>,
     max_idle: usize,
+    hold_off: std::sync::Mutex<HoldOff>,
 }
 
-/// A TLS stream lettre can drive (for implicit TLS, set up before the SMTP greeting).
-#[derive(Debug)]
-struct TlsStream(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
+/// How long an idle connection is kept: past this the server may have dropped it (smtp-sink
+/// after 100 s, Postfix's smtpd after 300 s), so we reconnect rather than find out mid-send.
+const MAX_IDLE: Duration = Duration::from_secs(60);
 
-impl tokio::io::AsyncRead for TlsStream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-impl tokio::io::AsyncWrite for TlsStream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-}
-impl lettre::transport::smtp::client::AsyncTokioStream for TlsStream {
-    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.0.get_ref().0.peer_addr()
-    }
+#[derive(Default)]
+struct HoldOff {
+    until: Option<std::time::Instant>,
+    failures: u32,
+    cause: String,
 }
 
-fn classify(e: lettre::transport::smtp::Error) -> SendError {
-    if e.is_permanent() {
-        SendError::Permanent(e.to_string())
-    } else {
-        SendError::Transient(e.to_string())
+impl HoldOff {
+    /// 1 s after the first transport failure, doubling to 60 s while they go on.
+    fn delay(failures: u32) -> Duration {
+        Duration::from_secs(
+            2u64.saturating_pow(failures.saturating_sub(1).min(6))
+                .min(60),
+        )
     }
 }
 
 impl SmtpPool {
     pub fn new(s: &SmtpConfig, concurrency: usize) -> anyhow::Result<SmtpPool> {
-        let mut tls_params = None;
-        let mut implicit_tls = None;
-        match s.tls {
-            Tls::None => {}
-            Tls::StartTls => {
-                let mut b = TlsParameters::builder(s.host.clone());
-                if let Some(ca) = &s.ca_file {
-                    let pem = std::fs::read(ca).map_err(|e| {
-                        anyhow::anyhow!("mail.outbound.ca_file {}: {e}", ca.display())
-                    })?;
-                    let cert = lettre::transport::smtp::client::Certificate::from_pem(&pem)
-                        .map_err(|e| {
-                            anyhow::anyhow!("mail.outbound.ca_file {}: {e}", ca.display())
-                        })?;
-                    b = b.add_root_certificate(cert);
-                }
-                tls_params = Some(b.build_rustls()?);
-            }
-            Tls::Tls => implicit_tls = Some(crate::imap::tls_config(s.ca_file.as_deref())?),
-        }
+        use crate::smtp::Security;
+        let security = match s.tls {
+            Tls::None => Security::None,
+            Tls::StartTls => Security::StartTls(crate::imap::tls_config(s.ca_file.as_deref())?),
+            Tls::Tls => Security::Tls(crate::imap::tls_config(s.ca_file.as_deref())?),
+        };
         let credentials = match (&s.username, &s.password_file) {
             (Some(user), Some(file)) => {
                 let password = std::fs::read_to_string(file).map_err(|e| {
                     anyhow::anyhow!("mail.outbound.password_file {}: {e}", file.display())
                 })?;
-                Some(Credentials::new(
-                    user.clone(),
-                    password.trim_end_matches(['\r', '\n']).to_string(),
-                ))
+                Some(crate::smtp::Credentials {
+                    username: user.clone(),
+                    password: password.trim_end_matches(['\r', '\n']).to_string(),
+                })
             }
             (Some(_), None) => {
                 return Err(anyhow::anyhow!(
@@ -166,94 +138,131 @@ impl SmtpPool {
             }
             _ => None,
         };
-        let hello = ClientId::Domain(hostname_or_default());
         Ok(SmtpPool {
-            cfg: s.clone(),
-            hello,
-            tls_params,
-            implicit_tls,
-            credentials,
+            server: crate::smtp::Server {
+                host: s.host.clone(),
+                port: s.port,
+                security,
+                hello: hostname_or_default(),
+                credentials,
+            },
             idle: std::sync::Mutex::new(Vec::new()),
             max_idle: concurrency,
+            hold_off: std::sync::Mutex::new(HoldOff::default()),
         })
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
-        let net = |e: std::io::Error| {
-            SendError::Transient(format!(
-                "connecting to {}:{}: {e}",
-                self.cfg.host, self.cfg.port
-            ))
-        };
-        let tcp = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::net::TcpStream::connect((self.cfg.host.as_str(), self.cfg.port)),
-        )
-        .await
-        .map_err(|_| {
-            SendError::Transient(format!(
-                "connecting to {}:{}: timed out",
-                self.cfg.host, self.cfg.port
-            ))
-        })?
-        .map_err(net)?;
-        tcp.set_nodelay(true).map_err(net)?;
-        let mut conn = match &self.implicit_tls {
-            Some(tls) => {
-                let name = rustls_pki_types::ServerName::try_from(self.cfg.host.clone())
-                    .map_err(|e| SendError::Permanent(format!("mail.outbound.host: {e}")))?;
-                let stream = tokio_rustls::TlsConnector::from(tls.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(net)?;
-                AsyncSmtpConnection::connect_with_transport(
-                    Box::new(TlsStream(stream)),
-                    &self.hello,
-                )
-                .await
-                .map_err(classify)?
+    /// An idle connection young enough to trust (`true`: it was reused), else a new one.
+    async fn checkout(&self) -> Result<(crate::smtp::Connection, bool), SendError> {
+        loop {
+            let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match pooled {
+                Some(c) if c.is_reusable() && c.idle_for() < MAX_IDLE => return Ok((c, true)),
+                // too old to trust: closed politely in the background
+                Some(c) => drop(tokio::spawn(c.quit())),
+                None => return Ok((self.connect().await?, false)),
             }
-            None => AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
-                .await
-                .map_err(classify)?,
-        };
-        if let Some(params) = &self.tls_params {
-            conn.starttls(params.clone(), &self.hello)
-                .await
-                .map_err(classify)?;
         }
-        if let Some(c) = &self.credentials {
-            conn.auth(DEFAULT_MECHANISMS, c).await.map_err(classify)?;
+    }
+
+    /// A new connection, unless the pool is holding off after a transport failure.
+    async fn connect(&self) -> Result<crate::smtp::Connection, SendError> {
+        {
+            let h = self.hold_off.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if let Some(until) = h.until.filter(|u| *u > now) {
+                return Err(SendError::Transport(format!(
+                    "not connecting for another {} s after: {}",
+                    until.saturating_duration_since(now).as_secs() + 1,
+                    h.cause
+                )));
+            }
         }
-        Ok(conn)
+        match crate::smtp::Connection::open(&self.server).await {
+            Ok(c) => {
+                let mut h = self.hold_off.lock().unwrap_or_else(|p| p.into_inner());
+                h.failures = 0;
+                h.until = None;
+                Ok(c)
+            }
+            Err(e) => {
+                let mut h = self.hold_off.lock().unwrap_or_else(|p| p.into_inner());
+                let now = std::time::Instant::now();
+                if h.until.is_none_or(|u| u <= now) {
+                    h.failures += 1;
+                    h.until = Some(now + HoldOff::delay(h.failures));
+                }
+                h.cause = e.to_string();
+                Err(SendError::Transport(e.to_string()))
+            }
+        }
     }
 
     pub async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Result<(), SendError> {
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut conn = match pooled {
-            Some(c) if !c.has_broken() => c,
-            _ => self.connect().await?,
-        };
-        match tokio::time::timeout(Duration::from_secs(120), conn.send(envelope, bytes)).await {
-            Ok(Ok(_)) => {
-                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < self.max_idle {
-                    idle.push(conn);
+        let from = envelope.from().map(|a| a.to_string()).unwrap_or_default();
+        let to: Vec<String> = envelope.to().iter().map(|a| a.to_string()).collect();
+        let to: Vec<&str> = to.iter().map(String::as_str).collect();
+        let payload = crate::smtp::proto::data_payload(bytes);
+        let eight_bit = !bytes.is_ascii();
+        let (mut conn, mut reused) = self.checkout().await?;
+        loop {
+            let res = conn
+                .send(&from, &to, &payload, bytes.len(), eight_bit)
+                .await;
+            match res {
+                Ok(()) => {
+                    self.checkin(conn);
+                    return Ok(());
                 }
-                Ok(())
-            }
-            Ok(Err(e)) => {
-                // After a failed transaction the session state is unknown: never reuse it.
-                conn.abort().await;
-                Err(classify(e))
-            }
-            Err(_) => {
-                conn.abort().await;
-                Err(SendError::Transient(
-                    "the SMTP server did not answer within 120 s".into(),
-                ))
+                // A pooled connection the server closed while it sat idle fails before any
+                // reply to MAIL; nothing of this message was taken, so once more on a new one.
+                Err(e)
+                    if reused
+                        && e.stage == crate::smtp::Stage::Mail
+                        && matches!(e.failure, crate::smtp::Failure::Io(_)) =>
+                {
+                    conn = self.connect().await?;
+                    reused = false;
+                }
+                Err(e) => {
+                    if conn.is_reusable() {
+                        self.checkin(conn);
+                    }
+                    return Err(classify(&e));
+                }
             }
         }
+    }
+
+    fn checkin(&self, conn: crate::smtp::Connection) {
+        if !conn.is_reusable() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
+
+    /// QUIT on every idle connection (at shutdown), within a second.
+    pub async fn close(&self) {
+        let idle: Vec<_> =
+            std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        let quits = futures_util::future::join_all(idle.into_iter().map(|c| c.quit()));
+        let _ = tokio::time::timeout(Duration::from_secs(1), quits).await;
+    }
+}
+
+/// What a failed SMTP step means for the message: the transport's problem (it stays queued and
+/// is never made undeliverable), a permanent refusal of it (5xx to its MAIL, RCPT or DATA), or a
+/// transient one (4xx, or the connection lost during its transaction).
+fn classify(e: &crate::smtp::Error) -> SendError {
+    if e.is_transport() {
+        SendError::Transport(e.to_string())
+    } else if e.is_permanent() {
+        SendError::Permanent(e.to_string())
+    } else {
+        SendError::Transient(e.to_string())
     }
 }
 
@@ -383,6 +392,7 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
     }
     drop(tx);
     let _ = recorder.await;
+    transport.close().await;
 }
 
 /// How long a stopping sender waits for sends in flight (the whole stop must fit in 10 s).
