@@ -71,6 +71,16 @@ impl Transport {
         }
     }
 
+    /// How many sends the dispatcher keeps in flight for `concurrency`: one per file write; for
+    /// SMTP, `PIPELINE_DEPTH` per connection, so a connection has its next message ready when
+    /// the current body goes out (the pool still opens at most `concurrency` connections).
+    pub fn max_in_flight(&self, concurrency: usize) -> usize {
+        match self {
+            Transport::File { .. } => concurrency,
+            Transport::Smtp(_) => concurrency * PIPELINE_DEPTH,
+        }
+    }
+
     /// At shutdown: QUIT on the pooled SMTP connections.
     pub async fn close(&self) {
         if let Transport::Smtp(pool) = self {
@@ -79,21 +89,32 @@ impl Transport {
     }
 }
 
-/// Pooled SMTP connections (our own client, `crate::smtp`), kept open and reused: at most
-/// `concurrency` idle ones. A connection that saw an error other than a clean refusal of one
-/// message is dropped, never reused. After a transport failure (connect, TLS, greeting, EHLO,
-/// AUTH, 421) the pool holds off new connections for a while, so a wrong password or a server
-/// that is down is not hammered by every queued message: sends in that window fail at once with
-/// the cause, and each message keeps its own backoff.
+/// Pooled SMTP connections (our own client, `crate::smtp`): up to `concurrency` connection
+/// workers, each a task that owns one connection, kept open and reused. A send goes to the
+/// least busy worker (a new one while there are fewer than `concurrency` and all are busy);
+/// with PIPELINING a worker writes the next message's MAIL/RCPT/DATA behind the current body,
+/// so the dispatcher keeps `PIPELINE_DEPTH` messages in flight per connection (see `run`).
+/// A connection that saw an error other than a clean refusal of one message is dropped, never
+/// reused. After a transport failure (connect, TLS, greeting, EHLO, AUTH) the pool holds off new
+/// connections for a while, so a wrong password or a server that is down is not hammered by
+/// every queued message: sends in that window fail at once with the cause, and each message
+/// keeps its own backoff.
 pub struct SmtpPool {
-    server: crate::smtp::Server,
-    idle: std::sync::Mutex<Vec<crate::smtp::Connection>>,
-    max_idle: usize,
-    hold_off: std::sync::Mutex<HoldOff>,
+    server: Arc<crate::smtp::Server>,
+    max_connections: usize,
+    workers: std::sync::Mutex<Vec<Worker>>,
+    hold_off: Arc<std::sync::Mutex<HoldOff>>,
+    tasks: tokio_util::task::TaskTracker,
 }
 
+/// Messages in flight per SMTP connection: one on the wire and the next ones rendered and
+/// waiting, so the next commands can go out behind the current body. With 2, the next message
+/// was ready behind about half the bodies into smtp-sink (rendering is slower than sending);
+/// with 4, behind 99% (BENCHMARKS.md).
+pub const PIPELINE_DEPTH: usize = 4;
+
 /// How long an idle connection is kept: past this the server may have dropped it (smtp-sink
-/// after 100 s, Postfix's smtpd after 300 s), so we reconnect rather than find out mid-send.
+/// after 100 s, Postfix's smtpd after 300 s), so the worker says QUIT and reconnects when needed.
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
@@ -111,6 +132,26 @@ impl HoldOff {
                 .min(60),
         )
     }
+}
+
+/// One message for a connection worker, and where its result goes.
+struct Job {
+    transaction: crate::smtp::Transaction,
+    done: tokio::sync::oneshot::Sender<Result<(), SendError>>,
+    /// Already moved once to a new connection after the old one broke before its turn.
+    moved: bool,
+}
+
+impl std::borrow::Borrow<crate::smtp::Transaction> for Job {
+    fn borrow(&self) -> &crate::smtp::Transaction {
+        &self.transaction
+    }
+}
+
+struct Worker {
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+    /// Jobs handed to this worker and not finished.
+    load: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SmtpPool {
@@ -139,117 +180,217 @@ impl SmtpPool {
             _ => None,
         };
         Ok(SmtpPool {
-            server: crate::smtp::Server {
+            server: Arc::new(crate::smtp::Server {
                 host: s.host.clone(),
                 port: s.port,
                 security,
                 hello: hostname_or_default(),
                 credentials,
-            },
-            idle: std::sync::Mutex::new(Vec::new()),
-            max_idle: concurrency,
-            hold_off: std::sync::Mutex::new(HoldOff::default()),
+            }),
+            max_connections: concurrency.max(1),
+            workers: std::sync::Mutex::new(Vec::new()),
+            hold_off: Arc::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
         })
     }
 
-    /// An idle connection young enough to trust (`true`: it was reused), else a new one.
-    async fn checkout(&self) -> Result<(crate::smtp::Connection, bool), SendError> {
-        loop {
-            let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            match pooled {
-                Some(c) if c.is_reusable() && c.idle_for() < MAX_IDLE => return Ok((c, true)),
-                // too old to trust: closed politely in the background
-                Some(c) => drop(tokio::spawn(c.quit())),
-                None => return Ok((self.connect().await?, false)),
-            }
-        }
-    }
-
-    /// A new connection, unless the pool is holding off after a transport failure.
-    async fn connect(&self) -> Result<crate::smtp::Connection, SendError> {
-        {
-            let h = self.hold_off.lock().unwrap_or_else(|p| p.into_inner());
-            let now = std::time::Instant::now();
-            if let Some(until) = h.until.filter(|u| *u > now) {
-                return Err(SendError::Transport(format!(
-                    "not connecting for another {} s after: {}",
-                    until.saturating_duration_since(now).as_secs() + 1,
-                    h.cause
-                )));
-            }
-        }
-        match crate::smtp::Connection::open(&self.server).await {
-            Ok(c) => {
-                let mut h = self.hold_off.lock().unwrap_or_else(|p| p.into_inner());
-                h.failures = 0;
-                h.until = None;
-                Ok(c)
-            }
-            Err(e) => {
-                let mut h = self.hold_off.lock().unwrap_or_else(|p| p.into_inner());
-                let now = std::time::Instant::now();
-                if h.until.is_none_or(|u| u <= now) {
-                    h.failures += 1;
-                    h.until = Some(now + HoldOff::delay(h.failures));
-                }
-                h.cause = e.to_string();
-                Err(SendError::Transport(e.to_string()))
-            }
-        }
-    }
-
     pub async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Result<(), SendError> {
+        use std::sync::atomic::Ordering::Relaxed;
         let from = envelope.from().map(|a| a.to_string()).unwrap_or_default();
-        let to: Vec<String> = envelope.to().iter().map(|a| a.to_string()).collect();
-        let to: Vec<&str> = to.iter().map(String::as_str).collect();
-        let payload = crate::smtp::proto::data_payload(bytes);
-        let eight_bit = !bytes.is_ascii();
-        let (mut conn, mut reused) = self.checkout().await?;
-        loop {
-            let res = conn
-                .send(&from, &to, &payload, bytes.len(), eight_bit)
-                .await;
-            match res {
-                Ok(()) => {
-                    self.checkin(conn);
-                    return Ok(());
-                }
-                // A pooled connection the server closed while it sat idle fails before any
-                // reply to MAIL; nothing of this message was taken, so once more on a new one.
-                Err(e)
-                    if reused
-                        && e.stage == crate::smtp::Stage::Mail
-                        && matches!(e.failure, crate::smtp::Failure::Io(_)) =>
-                {
-                    conn = self.connect().await?;
-                    reused = false;
-                }
-                Err(e) => {
-                    if conn.is_reusable() {
-                        self.checkin(conn);
-                    }
-                    return Err(classify(&e));
-                }
+        let to = envelope.to().iter().map(|a| a.to_string()).collect();
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job = Job {
+            transaction: crate::smtp::Transaction::new(&from, to, bytes),
+            done,
+            moved: false,
+        };
+        let stopped = || SendError::Transient("the SMTP connection worker stopped".into());
+        {
+            let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            workers.retain(|w| !w.jobs.is_closed());
+            let least_busy = workers.iter().map(|w| w.load.load(Relaxed)).min();
+            if least_busy.is_none_or(|l| l > 0) && workers.len() < self.max_connections {
+                let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
+                let load = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                self.tasks.spawn(work(
+                    self.server.clone(),
+                    self.hold_off.clone(),
+                    rx,
+                    load.clone(),
+                ));
+                workers.push(Worker { jobs, load });
+            }
+            let w = workers
+                .iter()
+                .min_by_key(|w| w.load.load(Relaxed))
+                .ok_or_else(stopped)?;
+            w.load.fetch_add(1, Relaxed);
+            if w.jobs.send(job).is_err() {
+                w.load.fetch_sub(1, Relaxed);
+                return Err(stopped());
             }
         }
+        result.await.unwrap_or_else(|_| Err(stopped()))
     }
 
-    fn checkin(&self, conn: crate::smtp::Connection) {
-        if !conn.is_reusable() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.max_idle {
-            idle.push(conn);
-        }
-    }
-
-    /// QUIT on every idle connection (at shutdown), within a second.
+    /// At shutdown: every worker finishes what it holds, says QUIT and stops; within a second.
     pub async fn close(&self) {
-        let idle: Vec<_> =
-            std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
-        let quits = futures_util::future::join_all(idle.into_iter().map(|c| c.quit()));
-        let _ = tokio::time::timeout(Duration::from_secs(1), quits).await;
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
+    }
+}
+
+/// A new connection, unless the pool is holding off after a transport failure.
+async fn connect(
+    server: &crate::smtp::Server,
+    hold_off: &std::sync::Mutex<HoldOff>,
+) -> Result<crate::smtp::Connection, SendError> {
+    {
+        let h = hold_off.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if let Some(until) = h.until.filter(|u| *u > now) {
+            return Err(SendError::Transport(format!(
+                "not connecting for another {} s after: {}",
+                until.saturating_duration_since(now).as_secs() + 1,
+                h.cause
+            )));
+        }
+    }
+    match crate::smtp::Connection::open(server).await {
+        Ok(c) => {
+            let mut h = hold_off.lock().unwrap_or_else(|p| p.into_inner());
+            h.failures = 0;
+            h.until = None;
+            Ok(c)
+        }
+        Err(e) => {
+            let mut h = hold_off.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if h.until.is_none_or(|u| u <= now) {
+                h.failures += 1;
+                h.until = Some(now + HoldOff::delay(h.failures));
+            }
+            h.cause = e.to_string();
+            Err(classify(&e))
+        }
+    }
+}
+
+/// A connection worker: takes jobs in order, (re)connects when it has none or its connection
+/// broke or sat idle too long, and runs the jobs through `Connection::send_all`. Stops when the
+/// pool is closed or dropped, after a QUIT.
+async fn work(
+    server: Arc<crate::smtp::Server>,
+    hold_off: Arc<std::sync::Mutex<HoldOff>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>,
+    load: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let mut conn: Option<crate::smtp::Connection> = None;
+    let mut queue = std::collections::VecDeque::new();
+    loop {
+        let job = match queue.pop_front() {
+            Some(j) => j,
+            None => {
+                let got = match conn.as_ref() {
+                    Some(c) => {
+                        let left = MAX_IDLE.saturating_sub(c.idle_for());
+                        match tokio::time::timeout(left, rx.recv()).await {
+                            Ok(j) => j,
+                            Err(_) => {
+                                if let Some(c) = conn.take() {
+                                    c.quit().await;
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    None => rx.recv().await,
+                };
+                match got {
+                    Some(j) => j,
+                    None => break,
+                }
+            }
+        };
+        let mut feed = WorkerFeed {
+            rx: &mut rx,
+            queue: &mut queue,
+            load: &load,
+        };
+        if job.done.is_closed() {
+            // its send was abandoned (a stopping daemon): it stays queued in the store
+            feed.finish(job, Ok(()));
+            continue;
+        }
+        if conn
+            .as_ref()
+            .is_some_and(|c| !c.is_reusable() || c.idle_for() >= MAX_IDLE)
+        {
+            if let Some(c) = conn.take() {
+                c.quit().await;
+            }
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match connect(&server, &hold_off).await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    feed.finish(job, Err(e));
+                    continue;
+                }
+            },
+        };
+        c.send_all(job, &mut feed).await;
+    }
+    if let Some(c) = conn {
+        c.quit().await;
+    }
+}
+
+struct WorkerFeed<'a> {
+    rx: &'a mut tokio::sync::mpsc::UnboundedReceiver<Job>,
+    queue: &'a mut std::collections::VecDeque<Job>,
+    load: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl WorkerFeed<'_> {
+    fn finish(&mut self, job: Job, result: Result<(), SendError>) {
+        self.load.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = job.done.send(result);
+    }
+}
+
+impl crate::smtp::Feed<Job> for WorkerFeed<'_> {
+    fn next(&mut self) -> Option<Job> {
+        loop {
+            let job = self.queue.pop_front().or_else(|| self.rx.try_recv().ok())?;
+            if job.done.is_closed() {
+                self.finish(job, Ok(()));
+                continue;
+            }
+            return Some(job);
+        }
+    }
+
+    fn done(&mut self, mut job: Job, result: Result<(), crate::smtp::Error>) {
+        match result {
+            // The connection broke before this message's MAIL was answered (a pooled connection
+            // the server closed while idle, or the one ahead of it failed): nothing of it was
+            // taken, so it goes once more, on a new connection.
+            Err(e)
+                if !job.moved
+                    && e.stage == crate::smtp::Stage::Mail
+                    && matches!(e.failure, crate::smtp::Failure::Io(_)) =>
+            {
+                job.moved = true;
+                self.queue.push_back(job);
+            }
+            other => self.finish(job, other.map_err(|e| classify(&e))),
+        }
     }
 }
 
@@ -320,7 +461,9 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
     let recorded = Arc::new(tokio::sync::Notify::new());
     let (tx, rx) = tokio::sync::mpsc::channel::<SendResult>(4096);
     let recorder = tokio::spawn(record(app.clone(), rx, in_flight.clone(), recorded.clone()));
-    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let sem = Arc::new(tokio::sync::Semaphore::new(
+        transport.max_in_flight(concurrency),
+    ));
     let mut sends = tokio::task::JoinSet::new();
     while !shutdown.is_cancelled() {
         while sends.try_join_next().is_some() {} // reap finished sends

@@ -3,6 +3,7 @@
 //! (connect, TLS, greeting, EHLO, AUTH, 421: the message stays queued) from this message's (a
 //! refusal of its MAIL, RCPT or DATA).
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,39 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long to wait for a write to be taken by the socket.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One message to send: its envelope and its DATA payload.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub from: String,
+    pub to: Vec<String>,
+    /// As `proto::data_payload` makes it: CRLF, dot-stuffed, ending in CRLF.CRLF.
+    pub payload: Vec<u8>,
+    /// The message's size before stuffing (MAIL's `SIZE=`).
+    pub size: usize,
+    /// The message has 8-bit bytes (MAIL's `BODY=8BITMIME` when offered).
+    pub eight_bit: bool,
+}
+
+impl Transaction {
+    pub fn new(from: &str, to: Vec<String>, message: &[u8]) -> Transaction {
+        Transaction {
+            from: from.to_string(),
+            to,
+            payload: proto::data_payload(message),
+            size: message.len(),
+            eight_bit: !message.is_ascii(),
+        }
+    }
+}
+
+/// Where `Connection::send_all` takes transactions from and hands their results to.
+pub trait Feed<T> {
+    /// The next transaction if one is ready now; never waits.
+    fn next(&mut self) -> Option<T>;
+    /// The result of `item`, as soon as it is known.
+    fn done(&mut self, item: T, result: Result<(), Error>);
+}
 
 /// Where to connect and how.
 #[derive(Clone)]
@@ -346,143 +380,221 @@ impl Connection {
         Err(self.fail(Stage::Auth, Failure::Protocol("AUTH did not end".into())))
     }
 
-    /// One mail transaction: `payload` is the DATA as `proto::data_payload` made it (stuffed,
-    /// ending in CRLF.CRLF); `size` and `eight_bit` describe the message for MAIL's parameters.
-    /// Every recipient must be accepted or the message is refused (the daemon sends one
-    /// recipient per message). With PIPELINING, MAIL, the RCPTs and DATA go in one write and
-    /// their replies are read in order: one round trip, then the body. After a refusal the
-    /// session is reset (RSET) so the connection can be reused; after anything else it is not.
-    pub async fn send(
-        &mut self,
-        from: &str,
-        to: &[&str],
-        payload: &[u8],
-        size: usize,
-        eight_bit: bool,
-    ) -> Result<(), Error> {
-        if self.broken {
-            return Err(self.fail(
-                Stage::Mail,
-                Failure::Protocol("the connection is not usable".into()),
-            ));
-        }
-        self.transactions += 1;
-        let result = if self.caps.pipelining {
-            self.send_pipelined(from, to, payload, size, eight_bit)
-                .await
-        } else {
-            self.send_plain(from, to, payload, size, eight_bit).await
-        };
-        if let Err(e) = &result {
-            if e.is_transport() || !matches!(e.failure, Failure::Reply(_)) {
-                self.broken = true;
+    /// One transaction on its own (see [`Connection::send_all`]).
+    pub async fn send(&mut self, t: &Transaction) -> Result<(), Error> {
+        struct One(Option<Result<(), Error>>);
+        impl Feed<&Transaction> for One {
+            fn next(&mut self) -> Option<&'static Transaction> {
+                None
             }
-            if !self.broken {
-                self.reset().await;
+            fn done(&mut self, _: &Transaction, result: Result<(), Error>) {
+                self.0 = Some(result);
             }
         }
-        self.last_used = Instant::now();
-        result
+        let mut one = One(None);
+        self.send_all(t, &mut one).await;
+        one.0.unwrap_or_else(|| {
+            Err(Error {
+                host: self.host.clone(),
+                stage: Stage::Mail,
+                failure: Failure::Protocol("no result".into()),
+            })
+        })
     }
 
-    async fn send_pipelined(
-        &mut self,
-        from: &str,
-        to: &[&str],
-        payload: &[u8],
-        size: usize,
-        eight_bit: bool,
-    ) -> Result<(), Error> {
-        // MAIL, RCPT…, DATA with the offset where each command ends
-        let mut wbuf = std::mem::take(&mut self.wbuf);
-        wbuf.clear();
-        let mut ends = Vec::with_capacity(to.len() + 2);
-        proto::mail_from(from, &self.caps, size, eight_bit, &mut wbuf)
-            .map_err(|e| self.fail(Stage::Mail, Failure::Protocol(e)))?;
-        ends.push((Stage::Mail, wbuf.len()));
-        for rcpt in to {
-            proto::rcpt_to(rcpt, &mut wbuf)
-                .map_err(|e| self.fail(Stage::Rcpt, Failure::Protocol(e)))?;
-            ends.push((Stage::Rcpt, wbuf.len()));
-        }
-        wbuf.extend_from_slice(b"DATA\r\n");
-        ends.push((Stage::Data, wbuf.len()));
-        // Write in groups no larger than the send buffer, reading each group's replies before
-        // the next, so unanswered bytes in flight never exceed what the socket holds.
-        let mut refusal: Option<(Stage, Reply)> = None;
-        let mut data_reply = None;
-        let mut start = 0;
-        let mut next = 0;
-        while next < ends.len() {
-            let mut end = next;
-            while end < ends.len() && (end == next || ends[end].1 - start <= self.send_buffer) {
-                end += 1;
+    /// Runs `first`, then whatever `feed` has ready, each result handed to `feed.done` as soon
+    /// as it is known. Every recipient must be accepted or the message is refused (the daemon
+    /// sends one recipient per message).
+    ///
+    /// With PIPELINING (RFC 2920), a transaction's MAIL, RCPT and DATA go in one write and their
+    /// replies are read in order; after the 354 the body goes out with the *next* transaction's
+    /// commands behind it when one is ready (as Postfix does), so a busy connection costs one
+    /// round trip per message. What is written before its replies are read never exceeds the
+    /// socket's send buffer: a server that does not read while it writes replies cannot
+    /// deadlock us. Without PIPELINING, the plain dialogue, one command at a time.
+    ///
+    /// After a refusal of MAIL, RCPT or DATA the session is reset (RSET) and goes on; after a
+    /// lost connection, a timeout, a 421 or garbage it is not reused (`is_reusable`), and a
+    /// transaction whose commands were written but not answered is handed back failed at MAIL
+    /// with an I/O error: nothing of it was taken, so it may be sent again elsewhere.
+    pub async fn send_all<T: Borrow<Transaction>>(&mut self, first: T, feed: &mut impl Feed<T>) {
+        let mut cur = first;
+        let mut commands_written = false;
+        loop {
+            if self.broken {
+                let e = self.unusable();
+                feed.done(cur, Err(e));
+                return;
             }
-            let group_end = ends[end - 1].1;
-            let written = self.write(Stage::Mail, &wbuf[start..group_end]).await;
-            if let Err(e) = written {
-                self.wbuf = wbuf;
-                return Err(e);
-            }
-            for &(stage, _) in &ends[next..end] {
-                let r = match self.read_reply(stage).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.wbuf = wbuf;
-                        return Err(e);
-                    }
-                };
-                if r.code == 421 {
+            self.transactions += 1;
+            let (result, chained) = if self.caps.pipelining {
+                self.pipelined(cur.borrow(), commands_written, feed).await
+            } else {
+                (self.plain(cur.borrow()).await, None)
+            };
+            if let Err(e) = &result {
+                if e.is_transport() || !matches!(e.failure, Failure::Reply(_)) {
                     self.broken = true;
-                    self.wbuf = wbuf;
-                    return Err(self.refused(stage, r));
                 }
-                match stage {
-                    Stage::Data => data_reply = Some(r),
-                    _ if !r.is_positive() && refusal.is_none() => refusal = Some((stage, r)),
-                    _ => {}
+                // the transaction is still open after a refused MAIL, RCPT or DATA
+                if !self.broken && chained.is_none() && e.stage != Stage::EndOfData {
+                    self.reset().await;
                 }
             }
-            start = group_end;
-            next = end;
+            self.last_used = Instant::now();
+            feed.done(cur, result);
+            (cur, commands_written) = match chained {
+                Some(next) => next,
+                None => match feed.next() {
+                    Some(next) => (next, false),
+                    None => return,
+                },
+            };
         }
-        self.wbuf = wbuf;
+    }
+
+    /// One transaction with PIPELINING. Returns its result and the next transaction if its
+    /// commands went out behind this one's body (`true`) or it was taken from `feed` and not
+    /// written yet (`false`).
+    async fn pipelined<T: Borrow<Transaction>>(
+        &mut self,
+        t: &Transaction,
+        commands_written: bool,
+        feed: &mut impl Feed<T>,
+    ) -> (Result<(), Error>, Option<(T, bool)>) {
+        if !commands_written {
+            let mut wbuf = std::mem::take(&mut self.wbuf);
+            wbuf.clear();
+            let queued = self.queue_commands(t, &mut wbuf);
+            let written = match queued {
+                // never more unanswered bytes than the send buffer holds
+                Ok(()) if wbuf.len() > self.send_buffer => {
+                    self.wbuf = wbuf;
+                    return (self.plain(t).await, None);
+                }
+                Ok(()) => self.write(Stage::Mail, &wbuf).await,
+                Err(e) => Err(e),
+            };
+            self.wbuf = wbuf;
+            if let Err(e) = written {
+                return (Err(e), None);
+            }
+        }
+        // the replies to MAIL, each RCPT and DATA, in order
+        let mut refusal: Option<(Stage, Reply)> = None;
+        let stages = std::iter::once(Stage::Mail)
+            .chain(t.to.iter().map(|_| Stage::Rcpt))
+            .chain(std::iter::once(Stage::Data));
+        let mut data_reply = None;
+        for stage in stages {
+            let r = match self.read_reply(stage).await {
+                Ok(r) => r,
+                Err(e) => return (Err(e), None),
+            };
+            if r.code == 421 {
+                self.broken = true;
+                return (Err(self.refused(stage, r)), None);
+            }
+            match stage {
+                Stage::Data => data_reply = Some(r),
+                _ if !r.is_positive() && refusal.is_none() => refusal = Some((stage, r)),
+                _ => {}
+            }
+        }
         let Some(data_reply) = data_reply else {
-            return Err(self.fail(Stage::Data, Failure::Protocol("no reply to DATA".into())));
+            return (
+                Err(self.fail(Stage::Data, Failure::Protocol("no reply to DATA".into()))),
+                None,
+            );
         };
         if let Some((stage, reply)) = refusal {
             if data_reply.code == 354 {
                 // RFC 2920 §3.1: DATA accepted although MAIL or every RCPT was refused. Send
-                // the end of data alone: the server then has an empty message with no valid
-                // recipient, and ends the transaction.
-                self.write(Stage::EndOfData, b".\r\n").await?;
-                let end = self.read_reply(Stage::EndOfData).await?;
-                if end.code == 421 {
-                    self.broken = true;
+                // the end of data alone: the server has an empty message with no valid
+                // recipient and ends the transaction; the message is refused with the reply
+                // that refused it.
+                if let Err(e) = self.write(Stage::EndOfData, b".\r\n").await {
+                    return (Err(e), None);
+                }
+                match self.read_reply(Stage::EndOfData).await {
+                    Ok(end) if end.code == 421 => self.broken = true,
+                    Ok(_) => {}
+                    Err(e) => return (Err(e), None),
                 }
             }
-            return Err(self.refused(stage, reply));
+            return (Err(self.refused(stage, reply)), None);
         }
         if data_reply.code != 354 {
-            return Err(self.refused(Stage::Data, data_reply));
+            return (Err(self.refused(Stage::Data, data_reply)), None);
         }
-        self.body(payload).await
+        // The body, and behind it the next transaction's commands if one is ready and the
+        // whole write fits in the send buffer.
+        let mut wbuf = std::mem::take(&mut self.wbuf);
+        wbuf.clear();
+        wbuf.extend_from_slice(&t.payload);
+        let body_len = wbuf.len();
+        let mut next = None;
+        if body_len < self.send_buffer {
+            if let Some(n) = feed.next() {
+                match self.queue_commands(n.borrow(), &mut wbuf) {
+                    Ok(()) if wbuf.len() <= self.send_buffer => next = Some((n, true)),
+                    Ok(()) => {
+                        wbuf.truncate(body_len);
+                        next = Some((n, false));
+                    }
+                    Err(e) => {
+                        wbuf.truncate(body_len);
+                        feed.done(n, Err(e));
+                    }
+                }
+            }
+        }
+        let written = self.write(Stage::EndOfData, &wbuf).await;
+        self.wbuf = wbuf;
+        let result = match written {
+            Ok(()) => match self.read_reply(Stage::EndOfData).await {
+                Ok(r) if r.is_positive() => Ok(()),
+                Ok(r) => Err(self.refused(Stage::EndOfData, r)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        (result, next)
+    }
+
+    /// MAIL, RCPT… and DATA of `t`, appended to `out`.
+    /// (A bad address fails only its own transaction: nothing was written.)
+    fn queue_commands(&self, t: &Transaction, out: &mut Vec<u8>) -> Result<(), Error> {
+        let bad = |stage, e| Error {
+            host: self.host.clone(),
+            stage,
+            failure: Failure::Protocol(e),
+        };
+        proto::mail_from(&t.from, &self.caps, t.size, t.eight_bit, out)
+            .map_err(|e| bad(Stage::Mail, e))?;
+        for rcpt in &t.to {
+            proto::rcpt_to(rcpt, out).map_err(|e| bad(Stage::Rcpt, e))?;
+        }
+        out.extend_from_slice(b"DATA\r\n");
+        Ok(())
+    }
+
+    /// The error for a transaction that never got its turn on a connection that broke.
+    fn unusable(&self) -> Error {
+        Error {
+            host: self.host.clone(),
+            stage: Stage::Mail,
+            failure: Failure::Io("the connection broke before this message's turn".into()),
+        }
     }
 
     /// The dialogue one command at a time, for servers without PIPELINING.
-    async fn send_plain(
-        &mut self,
-        from: &str,
-        to: &[&str],
-        payload: &[u8],
-        size: usize,
-        eight_bit: bool,
-    ) -> Result<(), Error> {
+    async fn plain(&mut self, t: &Transaction) -> Result<(), Error> {
         let mut line = Vec::with_capacity(128);
-        proto::mail_from(from, &self.caps, size, eight_bit, &mut line)
+        proto::mail_from(&t.from, &self.caps, t.size, t.eight_bit, &mut line)
             .map_err(|e| self.fail(Stage::Mail, Failure::Protocol(e)))?;
         self.command(Stage::Mail, &line).await?;
-        for rcpt in to {
+        for rcpt in &t.to {
             line.clear();
             proto::rcpt_to(rcpt, &mut line)
                 .map_err(|e| self.fail(Stage::Rcpt, Failure::Protocol(e)))?;
@@ -493,7 +605,13 @@ impl Connection {
         if r.code != 354 {
             return Err(self.refused(Stage::Data, r));
         }
-        self.body(payload).await
+        self.write(Stage::EndOfData, &t.payload).await?;
+        let r = self.read_reply(Stage::EndOfData).await?;
+        if r.is_positive() {
+            Ok(())
+        } else {
+            Err(self.refused(Stage::EndOfData, r))
+        }
     }
 
     /// Writes one command and requires a 2xx.
@@ -504,16 +622,6 @@ impl Connection {
             Ok(r)
         } else {
             Err(self.refused(stage, r))
-        }
-    }
-
-    async fn body(&mut self, payload: &[u8]) -> Result<(), Error> {
-        self.write(Stage::EndOfData, payload).await?;
-        let r = self.read_reply(Stage::EndOfData).await?;
-        if r.is_positive() {
-            Ok(())
-        } else {
-            Err(self.refused(Stage::EndOfData, r))
         }
     }
 
