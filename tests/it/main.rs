@@ -10,5 +10,6 @@ mod hardening;
 mod harness;
 mod mailstack;
 mod smtp;
+mod smtp_script;
 mod tokens;
 mod upgrade;
