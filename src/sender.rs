@@ -598,3 +598,93 @@ async fn send_one(app: &App, transport: &Transport, item: &OutboxItem) -> Result
         .ok_or_else(|| SendError::Permanent("cannot build the envelope".into()))?;
     transport.send(env, &item.message_id, msg.formatted()).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Email, Purpose, RecordId};
+    use crate::outbox::{LinkSpec, MailFieldsV1, MailKind};
+
+    /// lettre's formatted message already has CRLF line ends everywhere, even when a field
+    /// brings a bare LF; `smtp::proto::data_payload` would repair one anyway.
+    #[test]
+    fn built_messages_have_crlf_line_ends_only() {
+        let templates = crate::templates::Templates::load(None).unwrap_or_else(|e| panic!("{e}"));
+        let mut k = std::collections::BTreeMap::new();
+        k.insert("k1".to_string(), vec![7u8; 32]);
+        let keys = crate::token::Keys::from_bytes("k1", k);
+        let email = |s| Email::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        let (from, reply_to, to) = (
+            email("partners@invited.test"),
+            email("replies@invited.test"),
+            email("minji.kim@fabrikam.test"),
+        );
+        let sender = Sender {
+            from_name: "Contoso Distribution",
+            from: &from,
+            reply_to: &reply_to,
+            public_url: "https://partners.contoso.test",
+            keys: &keys,
+            templates: &templates,
+        };
+        for (locale, company) in [
+            ("en-US", "Fabrikam\nKorea\r\n.Ltd"),
+            ("ko-KR", "패브리캄\n."),
+        ] {
+            let fields = MailFieldsV1 {
+                from_name: "Contoso Distribution".into(),
+                recipient_name: "Kim Minji".into(),
+                recipient_email: to.to_string(),
+                company: company.into(),
+                country: "KR".into(),
+                provider_name: "Contoso Distribution Korea".into(),
+                provider_email: "ops@contoso.test".into(),
+                reply_enabled: true,
+                needs_enrollment: true,
+                state: "invited".into(),
+                ..Default::default()
+            };
+            let item = OutboxItem::queued(
+                crate::model::random_ref(),
+                "invited.test",
+                &to,
+                "Kim Minji",
+                MailKind::ProviderInvitation,
+                locale,
+                RecordId::random(),
+                fields,
+                Some(LinkSpec {
+                    purpose: Purpose::AuthorizeProvider,
+                    generation: 0,
+                    expires_at: 2_000_000_000,
+                }),
+                Utc::now(),
+            );
+            let bytes = sender
+                .build(&item)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .formatted();
+            for (i, b) in bytes.iter().enumerate() {
+                match b {
+                    b'\n' => assert!(i > 0 && bytes[i - 1] == b'\r', "{locale}: bare LF at {i}"),
+                    b'\r' => assert_eq!(bytes.get(i + 1), Some(&b'\n'), "{locale}: bare CR at {i}"),
+                    _ => {}
+                }
+            }
+            // a CRLF message: stuffing only adds dots and the end of data
+            let mut stuffed = Vec::new();
+            for line in bytes.split_inclusive(|&b| b == b'\n') {
+                if line.first() == Some(&b'.') {
+                    stuffed.push(b'.');
+                }
+                stuffed.extend_from_slice(line);
+            }
+            stuffed.extend_from_slice(b".\r\n");
+            assert_eq!(
+                crate::smtp::proto::data_payload(&bytes),
+                stuffed,
+                "{locale}"
+            );
+        }
+    }
+}
