@@ -443,8 +443,9 @@ pub fn backoff(attempts: u32) -> Duration {
 
 type SendResult = (OutboxItem, Result<(), SendError>);
 
-/// A pipeline, so the SMTP connections stay busy: the dispatcher keeps up to `concurrency` sends in
-/// flight, a recorder writes their results in groups (one batch and one flush per group), and an
+/// A pipeline, so the SMTP connections stay busy: the dispatcher keeps up to
+/// `transport.max_in_flight(concurrency)` sends in flight (`PIPELINE_DEPTH` per SMTP connection,
+/// so each connection has its next message ready), a recorder writes their results in groups (one batch and one flush per group), and an
 /// item is not fetched again while it is in flight or its result is not yet recorded.
 pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: CancellationToken) {
     let (concurrency, rate) = {
