@@ -445,6 +445,8 @@ impl Connection {
             feed.done(cur, result);
             (cur, commands_written) = match chained {
                 Some(next) => next,
+                // a broken connection takes nothing more from the feed
+                None if self.broken => return,
                 None => match feed.next() {
                     Some(next) => (next, false),
                     None => return,
