@@ -483,6 +483,34 @@ fn a_refused_login_is_the_transport_and_the_pool_holds_off() {
 }
 
 #[test]
+fn a_pooled_connection_the_server_closed_is_replaced_without_failing_the_message() {
+    let server = Scripted::start(Script {
+        close_after: Some(1),
+        ..Script::default()
+    });
+    let pool = pool(server.port, 1, None);
+    let rt = runtime();
+    let first = rt.block_on(send_all(
+        &pool,
+        &[("r1@fabrikam.test".into(), message(1, "one\r\n"))],
+    ));
+    assert!(first[0].is_ok(), "{first:?}");
+    wait_for(
+        "the server to close the idle connection",
+        Duration::from_secs(10),
+        || (server.log().closed == 1).then_some(()),
+    );
+    let second = rt.block_on(send_all(
+        &pool,
+        &[("r2@fabrikam.test".into(), message(2, "two\r\n"))],
+    ));
+    assert!(second[0].is_ok(), "sent on a new connection: {second:?}");
+    let log = server.log();
+    assert_eq!(log.connections, 2, "{log:?}");
+    assert_eq!(log.data.len(), 2, "{log:?}");
+}
+
+#[test]
 fn the_pool_says_quit_when_closed() {
     let server = Scripted::start(Script::default());
     let pool = pool(server.port, 1, None);

@@ -22,6 +22,8 @@ pub struct Script {
     pub end: &'static str,
     /// Wait this long before the greeting (so a test's sends are all queued first).
     pub greeting_delay: Duration,
+    /// Close the connection, without a word, after this many messages on it.
+    pub close_after: Option<usize>,
 }
 
 impl Default for Script {
@@ -34,6 +36,7 @@ impl Default for Script {
             data: "354 End data with <CR><LF>.<CR><LF>",
             end: "250 2.0.0 Ok: queued",
             greeting_delay: Duration::ZERO,
+            close_after: None,
         }
     }
 }
@@ -41,6 +44,8 @@ impl Default for Script {
 #[derive(Default, Clone, Debug)]
 pub struct Log {
     pub connections: usize,
+    /// Connections this server closed on its own (`close_after`).
+    pub closed: usize,
     /// Every command line, without CRLF.
     pub commands: Vec<String>,
     /// Every DATA payload as received, dot-stuffed, up to and including the ".\r\n" line.
@@ -142,6 +147,7 @@ fn session(conn: TcpStream, script: &Script, log: &Mutex<Log>) -> std::io::Resul
     std::thread::sleep(script.greeting_delay);
     w.write_all(b"220 scripted ESMTP\r\n")?;
     let mut line = String::new();
+    let mut messages = 0;
     loop {
         line.clear();
         if r.read_line(&mut line)? == 0 {
@@ -213,6 +219,13 @@ fn session(conn: TcpStream, script: &Script, log: &Mutex<Log>) -> std::io::Resul
                     // what Postfix answers an empty message with no valid recipient
                     "554 5.5.1 Error: no valid recipients".to_string()
                 } else {
+                    messages += 1;
+                    if script.close_after == Some(messages) {
+                        w.write_all(format!("{}\r\n", script.end).as_bytes())?;
+                        let _ = w.shutdown(std::net::Shutdown::Both);
+                        record(&|l| l.closed += 1);
+                        return Ok(());
+                    }
                     script.end.to_string()
                 }
             }
