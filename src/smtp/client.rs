@@ -88,6 +88,7 @@ pub enum Stage {
     Data,
     EndOfData,
     Rset,
+    Quit,
 }
 
 impl Stage {
@@ -114,6 +115,7 @@ impl fmt::Display for Stage {
             Stage::Data => "DATA",
             Stage::EndOfData => "end of data",
             Stage::Rset => "RSET",
+            Stage::Quit => "QUIT",
         })
     }
 }
@@ -643,9 +645,9 @@ impl Connection {
 
     /// QUIT and close; errors do not matter any more.
     pub async fn quit(mut self) {
-        if !self.broken && self.write(Stage::Rset, b"QUIT\r\n").await.is_ok() {
+        if !self.broken && self.write(Stage::Quit, b"QUIT\r\n").await.is_ok() {
             let _ =
-                tokio::time::timeout(Duration::from_secs(1), self.read_reply(Stage::Rset)).await;
+                tokio::time::timeout(Duration::from_secs(1), self.read_reply(Stage::Quit)).await;
         }
         let _ = match &mut self.stream {
             Stream::Plain(s) => s.shutdown().await,
