@@ -23,6 +23,7 @@ pub mod pages;
 pub mod private;
 pub mod rules;
 pub mod sender;
+pub mod smtp;
 pub mod store;
 pub mod templates;
 pub mod text;

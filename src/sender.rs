@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use lettre::address::Envelope;
-use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -20,10 +17,19 @@ use crate::outbox::{OutboxItem, Sender};
 /// How a send failed decides what happens next.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
+    /// This message was refused for now (4xx to its MAIL, RCPT or DATA, or the connection lost
+    /// during its transaction): retried with backoff up to `max_age`.
     #[error("transient: {0}")]
     Transient(String),
+    /// This message was refused for good (5xx to its MAIL, RCPT or DATA): dead-lettered, and
+    /// the record becomes undeliverable.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The transport failed, not this message: connect, TLS, greeting, EHLO, AUTH (`535 5.7.8`),
+    /// a 421, anything before MAIL FROM. The message stays queued and backs off, whatever its
+    /// age; the recipient is never made undeliverable for it.
+    #[error("transport: {0}")]
+    Transport(String),
 }
 
 pub enum Transport {
@@ -64,100 +70,107 @@ impl Transport {
             Transport::Smtp(pool) => pool.send(&envelope, &bytes).await,
         }
     }
+
+    /// How many sends the dispatcher keeps in flight for `concurrency`: one per file write; for
+    /// SMTP, `PIPELINE_DEPTH` per connection, so a connection has its next message ready when
+    /// the current body goes out (the pool still opens at most `concurrency` connections).
+    pub fn max_in_flight(&self, concurrency: usize) -> usize {
+        match self {
+            Transport::File { .. } => concurrency,
+            Transport::Smtp(_) => concurrency * PIPELINE_DEPTH,
+        }
+    }
+
+    /// At shutdown: QUIT on the pooled SMTP connections.
+    pub async fn close(&self) {
+        if let Transport::Smtp(pool) = self {
+            pool.close().await;
+        }
+    }
 }
 
-/// Pooled SMTP connections, kept open and reused. Our own small pool rather than lettre's
-/// because every connection must have TCP_NODELAY: without it each SMTP command waits on Nagle
-/// and delayed ACK (~40 ms a round trip), which held bulk sends to under 100 messages a second.
+/// Pooled SMTP connections (our own client, `crate::smtp`): up to `concurrency` connection
+/// workers, each a task that owns one connection, kept open and reused. A send goes to the
+/// least busy worker (a new one while there are fewer than `concurrency` and all are busy);
+/// with PIPELINING a worker writes the next message's MAIL/RCPT/DATA behind the current body,
+/// so the dispatcher keeps `PIPELINE_DEPTH` messages in flight per connection (see `run`).
+/// A connection that saw an error other than a clean refusal of one message is dropped, never
+/// reused. After a transport failure (connect, TLS, greeting, EHLO, AUTH) the pool holds off new
+/// connections for a while, so a wrong password or a server that is down is not hammered by
+/// every queued message: sends in that window fail at once with the cause, and each message
+/// keeps its own backoff.
 pub struct SmtpPool {
-    cfg: SmtpConfig,
-    hello: ClientId,
-    tls_params: Option<TlsParameters>,
-    implicit_tls: Option<Arc<rustls::ClientConfig>>,
-    credentials: Option<Credentials>,
-    idle: std::sync::Mutex<Vec<AsyncSmtpConnection>>,
-    max_idle: usize,
+    server: Arc<crate::smtp::Server>,
+    max_connections: usize,
+    workers: std::sync::Mutex<Vec<Worker>>,
+    hold_off: Arc<std::sync::Mutex<HoldOff>>,
+    tasks: tokio_util::task::TaskTracker,
 }
 
-/// A TLS stream lettre can drive (for implicit TLS, set up before the SMTP greeting).
-#[derive(Debug)]
-struct TlsStream(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
+/// Messages in flight per SMTP connection: one on the wire and the next ones rendered and
+/// waiting, so the next commands can go out behind the current body. With 2, the next message
+/// was ready behind about half the bodies into smtp-sink (rendering is slower than sending);
+/// with 4, behind 99% (BENCHMARKS.md).
+pub const PIPELINE_DEPTH: usize = 4;
 
-impl tokio::io::AsyncRead for TlsStream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
+/// How long an idle connection is kept: past this the server may have dropped it (smtp-sink
+/// after 100 s, Postfix's smtpd after 300 s), so the worker says QUIT and reconnects when needed.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct HoldOff {
+    until: Option<std::time::Instant>,
+    failures: u32,
+    cause: String,
 }
-impl tokio::io::AsyncWrite for TlsStream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-}
-impl lettre::transport::smtp::client::AsyncTokioStream for TlsStream {
-    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.0.get_ref().0.peer_addr()
+
+impl HoldOff {
+    /// 1 s after the first transport failure, doubling to 60 s while they go on.
+    fn delay(failures: u32) -> Duration {
+        Duration::from_secs(
+            2u64.saturating_pow(failures.saturating_sub(1).min(6))
+                .min(60),
+        )
     }
 }
 
-fn classify(e: lettre::transport::smtp::Error) -> SendError {
-    if e.is_permanent() {
-        SendError::Permanent(e.to_string())
-    } else {
-        SendError::Transient(e.to_string())
+/// One message for a connection worker, and where its result goes.
+struct Job {
+    transaction: crate::smtp::Transaction,
+    done: tokio::sync::oneshot::Sender<Result<(), SendError>>,
+    /// Already moved once to a new connection after the old one broke before its turn.
+    moved: bool,
+}
+
+impl std::borrow::Borrow<crate::smtp::Transaction> for Job {
+    fn borrow(&self) -> &crate::smtp::Transaction {
+        &self.transaction
     }
+}
+
+struct Worker {
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+    /// Jobs handed to this worker and not finished.
+    load: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SmtpPool {
     pub fn new(s: &SmtpConfig, concurrency: usize) -> anyhow::Result<SmtpPool> {
-        let mut tls_params = None;
-        let mut implicit_tls = None;
-        match s.tls {
-            Tls::None => {}
-            Tls::StartTls => {
-                let mut b = TlsParameters::builder(s.host.clone());
-                if let Some(ca) = &s.ca_file {
-                    let pem = std::fs::read(ca).map_err(|e| {
-                        anyhow::anyhow!("mail.outbound.ca_file {}: {e}", ca.display())
-                    })?;
-                    let cert = lettre::transport::smtp::client::Certificate::from_pem(&pem)
-                        .map_err(|e| {
-                            anyhow::anyhow!("mail.outbound.ca_file {}: {e}", ca.display())
-                        })?;
-                    b = b.add_root_certificate(cert);
-                }
-                tls_params = Some(b.build_rustls()?);
-            }
-            Tls::Tls => implicit_tls = Some(crate::imap::tls_config(s.ca_file.as_deref())?),
-        }
+        use crate::smtp::Security;
+        let security = match s.tls {
+            Tls::None => Security::None,
+            Tls::StartTls => Security::StartTls(crate::imap::tls_config(s.ca_file.as_deref())?),
+            Tls::Tls => Security::Tls(crate::imap::tls_config(s.ca_file.as_deref())?),
+        };
         let credentials = match (&s.username, &s.password_file) {
             (Some(user), Some(file)) => {
                 let password = std::fs::read_to_string(file).map_err(|e| {
                     anyhow::anyhow!("mail.outbound.password_file {}: {e}", file.display())
                 })?;
-                Some(Credentials::new(
-                    user.clone(),
-                    password.trim_end_matches(['\r', '\n']).to_string(),
-                ))
+                Some(crate::smtp::Credentials {
+                    username: user.clone(),
+                    password: password.trim_end_matches(['\r', '\n']).to_string(),
+                })
             }
             (Some(_), None) => {
                 return Err(anyhow::anyhow!(
@@ -166,94 +179,231 @@ impl SmtpPool {
             }
             _ => None,
         };
-        let hello = ClientId::Domain(hostname_or_default());
         Ok(SmtpPool {
-            cfg: s.clone(),
-            hello,
-            tls_params,
-            implicit_tls,
-            credentials,
-            idle: std::sync::Mutex::new(Vec::new()),
-            max_idle: concurrency,
+            server: Arc::new(crate::smtp::Server {
+                host: s.host.clone(),
+                port: s.port,
+                security,
+                hello: hostname_or_default(),
+                credentials,
+            }),
+            max_connections: concurrency.max(1),
+            workers: std::sync::Mutex::new(Vec::new()),
+            hold_off: Arc::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
         })
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
-        let net = |e: std::io::Error| {
-            SendError::Transient(format!(
-                "connecting to {}:{}: {e}",
-                self.cfg.host, self.cfg.port
-            ))
+    pub async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Result<(), SendError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let from = envelope.from().map(|a| a.to_string()).unwrap_or_default();
+        let to = envelope.to().iter().map(|a| a.to_string()).collect();
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job = Job {
+            transaction: crate::smtp::Transaction::new(&from, to, bytes),
+            done,
+            moved: false,
         };
-        let tcp = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::net::TcpStream::connect((self.cfg.host.as_str(), self.cfg.port)),
-        )
-        .await
-        .map_err(|_| {
-            SendError::Transient(format!(
-                "connecting to {}:{}: timed out",
-                self.cfg.host, self.cfg.port
-            ))
-        })?
-        .map_err(net)?;
-        tcp.set_nodelay(true).map_err(net)?;
-        let mut conn = match &self.implicit_tls {
-            Some(tls) => {
-                let name = rustls_pki_types::ServerName::try_from(self.cfg.host.clone())
-                    .map_err(|e| SendError::Permanent(format!("mail.outbound.host: {e}")))?;
-                let stream = tokio_rustls::TlsConnector::from(tls.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(net)?;
-                AsyncSmtpConnection::connect_with_transport(
-                    Box::new(TlsStream(stream)),
-                    &self.hello,
-                )
-                .await
-                .map_err(classify)?
+        let stopped = || SendError::Transient("the SMTP connection worker stopped".into());
+        {
+            let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            workers.retain(|w| !w.jobs.is_closed());
+            let least_busy = workers.iter().map(|w| w.load.load(Relaxed)).min();
+            if least_busy.is_none_or(|l| l > 0) && workers.len() < self.max_connections {
+                let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
+                let load = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                self.tasks.spawn(work(
+                    self.server.clone(),
+                    self.hold_off.clone(),
+                    rx,
+                    load.clone(),
+                ));
+                workers.push(Worker { jobs, load });
             }
-            None => AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
-                .await
-                .map_err(classify)?,
-        };
-        if let Some(params) = &self.tls_params {
-            conn.starttls(params.clone(), &self.hello)
-                .await
-                .map_err(classify)?;
+            let w = workers
+                .iter()
+                .min_by_key(|w| w.load.load(Relaxed))
+                .ok_or_else(stopped)?;
+            w.load.fetch_add(1, Relaxed);
+            if w.jobs.send(job).is_err() {
+                w.load.fetch_sub(1, Relaxed);
+                return Err(stopped());
+            }
         }
-        if let Some(c) = &self.credentials {
-            conn.auth(DEFAULT_MECHANISMS, c).await.map_err(classify)?;
-        }
-        Ok(conn)
+        result.await.unwrap_or_else(|_| Err(stopped()))
     }
 
-    pub async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Result<(), SendError> {
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut conn = match pooled {
-            Some(c) if !c.has_broken() => c,
-            _ => self.connect().await?,
-        };
-        match tokio::time::timeout(Duration::from_secs(120), conn.send(envelope, bytes)).await {
-            Ok(Ok(_)) => {
-                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < self.max_idle {
-                    idle.push(conn);
+    /// At shutdown: every worker finishes what it holds, says QUIT and stops; within a second.
+    pub async fn close(&self) {
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
+    }
+}
+
+/// A new connection, unless the pool is holding off after a transport failure.
+async fn connect(
+    server: &crate::smtp::Server,
+    hold_off: &std::sync::Mutex<HoldOff>,
+) -> Result<crate::smtp::Connection, SendError> {
+    {
+        let h = hold_off.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if let Some(until) = h.until.filter(|u| *u > now) {
+            return Err(SendError::Transport(format!(
+                "not connecting for another {} s after: {}",
+                until.saturating_duration_since(now).as_secs() + 1,
+                h.cause
+            )));
+        }
+    }
+    match crate::smtp::Connection::open(server).await {
+        Ok(c) => {
+            let mut h = hold_off.lock().unwrap_or_else(|p| p.into_inner());
+            h.failures = 0;
+            h.until = None;
+            Ok(c)
+        }
+        Err(e) => {
+            let mut h = hold_off.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if h.until.is_none_or(|u| u <= now) {
+                h.failures += 1;
+                h.until = Some(now + HoldOff::delay(h.failures));
+            }
+            h.cause = e.to_string();
+            Err(classify(&e))
+        }
+    }
+}
+
+/// A connection worker: takes jobs in order, (re)connects when it has none or its connection
+/// broke or sat idle too long, and runs the jobs through `Connection::send_all`. Stops when the
+/// pool is closed or dropped, after a QUIT.
+async fn work(
+    server: Arc<crate::smtp::Server>,
+    hold_off: Arc<std::sync::Mutex<HoldOff>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>,
+    load: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let mut conn: Option<crate::smtp::Connection> = None;
+    let mut queue = std::collections::VecDeque::new();
+    loop {
+        let job = match queue.pop_front() {
+            Some(j) => j,
+            None => {
+                let got = match conn.as_ref() {
+                    Some(c) => {
+                        let left = MAX_IDLE.saturating_sub(c.idle_for());
+                        match tokio::time::timeout(left, rx.recv()).await {
+                            Ok(j) => j,
+                            Err(_) => {
+                                if let Some(c) = conn.take() {
+                                    c.quit().await;
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    None => rx.recv().await,
+                };
+                match got {
+                    Some(j) => j,
+                    None => break,
                 }
-                Ok(())
             }
-            Ok(Err(e)) => {
-                // After a failed transaction the session state is unknown: never reuse it.
-                conn.abort().await;
-                Err(classify(e))
-            }
-            Err(_) => {
-                conn.abort().await;
-                Err(SendError::Transient(
-                    "the SMTP server did not answer within 120 s".into(),
-                ))
+        };
+        let mut feed = WorkerFeed {
+            rx: &mut rx,
+            queue: &mut queue,
+            load: &load,
+        };
+        if job.done.is_closed() {
+            // its send was abandoned (a stopping daemon): it stays queued in the store
+            feed.finish(job, Ok(()));
+            continue;
+        }
+        if conn
+            .as_ref()
+            .is_some_and(|c| !c.is_reusable() || c.idle_for() >= MAX_IDLE)
+        {
+            if let Some(c) = conn.take() {
+                c.quit().await;
             }
         }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match connect(&server, &hold_off).await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    feed.finish(job, Err(e));
+                    continue;
+                }
+            },
+        };
+        c.send_all(job, &mut feed).await;
+    }
+    if let Some(c) = conn {
+        c.quit().await;
+    }
+}
+
+struct WorkerFeed<'a> {
+    rx: &'a mut tokio::sync::mpsc::UnboundedReceiver<Job>,
+    queue: &'a mut std::collections::VecDeque<Job>,
+    load: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl WorkerFeed<'_> {
+    fn finish(&mut self, job: Job, result: Result<(), SendError>) {
+        self.load.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = job.done.send(result);
+    }
+}
+
+impl crate::smtp::Feed<Job> for WorkerFeed<'_> {
+    fn next(&mut self) -> Option<Job> {
+        loop {
+            let job = self.queue.pop_front().or_else(|| self.rx.try_recv().ok())?;
+            if job.done.is_closed() {
+                self.finish(job, Ok(()));
+                continue;
+            }
+            return Some(job);
+        }
+    }
+
+    fn done(&mut self, mut job: Job, result: Result<(), crate::smtp::Error>) {
+        match result {
+            // The connection broke before this message's MAIL was answered (a pooled connection
+            // the server closed while idle, or the one ahead of it failed): nothing of it was
+            // taken, so it goes once more, on a new connection.
+            Err(e)
+                if !job.moved
+                    && e.stage == crate::smtp::Stage::Mail
+                    && matches!(e.failure, crate::smtp::Failure::Io(_)) =>
+            {
+                job.moved = true;
+                self.queue.push_back(job);
+            }
+            other => self.finish(job, other.map_err(|e| classify(&e))),
+        }
+    }
+}
+
+/// What a failed SMTP step means for the message: the transport's problem (it stays queued and
+/// is never made undeliverable), a permanent refusal of it (5xx to its MAIL, RCPT or DATA), or a
+/// transient one (4xx, or the connection lost during its transaction).
+fn classify(e: &crate::smtp::Error) -> SendError {
+    if e.is_transport() {
+        SendError::Transport(e.to_string())
+    } else if e.is_permanent() {
+        SendError::Permanent(e.to_string())
+    } else {
+        SendError::Transient(e.to_string())
     }
 }
 
@@ -293,8 +443,9 @@ pub fn backoff(attempts: u32) -> Duration {
 
 type SendResult = (OutboxItem, Result<(), SendError>);
 
-/// A pipeline, so the SMTP connections stay busy: the dispatcher keeps up to `concurrency` sends in
-/// flight, a recorder writes their results in groups (one batch and one flush per group), and an
+/// A pipeline, so the SMTP connections stay busy: the dispatcher keeps up to
+/// `transport.max_in_flight(concurrency)` sends in flight (`PIPELINE_DEPTH` per SMTP connection,
+/// so each connection has its next message ready), a recorder writes their results in groups (one batch and one flush per group), and an
 /// item is not fetched again while it is in flight or its result is not yet recorded.
 pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: CancellationToken) {
     let (concurrency, rate) = {
@@ -311,7 +462,9 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
     let recorded = Arc::new(tokio::sync::Notify::new());
     let (tx, rx) = tokio::sync::mpsc::channel::<SendResult>(4096);
     let recorder = tokio::spawn(record(app.clone(), rx, in_flight.clone(), recorded.clone()));
-    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let sem = Arc::new(tokio::sync::Semaphore::new(
+        transport.max_in_flight(concurrency),
+    ));
     let mut sends = tokio::task::JoinSet::new();
     while !shutdown.is_cancelled() {
         while sends.try_join_next().is_some() {} // reap finished sends
@@ -383,6 +536,7 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
     }
     drop(tx);
     let _ = recorder.await;
+    transport.close().await;
 }
 
 /// How long a stopping sender waits for sends in flight (the whole stop must fit in 10 s).
@@ -445,4 +599,95 @@ async fn send_one(app: &App, transport: &Transport, item: &OutboxItem) -> Result
         .and_then(|(from, to)| Envelope::new(Some(from), vec![to]).ok())
         .ok_or_else(|| SendError::Permanent("cannot build the envelope".into()))?;
     transport.send(env, &item.message_id, bytes).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Email, Purpose, RecordId};
+    use crate::outbox::{LinkSpec, MailFieldsV1, MailKind};
+
+    /// lettre's formatted message already has CRLF line ends everywhere, even when a field
+    /// brings a bare LF; `smtp::proto::data_payload` would repair one anyway.
+    #[test]
+    fn built_messages_have_crlf_line_ends_only() {
+        let templates = crate::templates::Templates::load(None).unwrap_or_else(|e| panic!("{e}"));
+        let mut k = std::collections::BTreeMap::new();
+        k.insert("k1".to_string(), vec![7u8; 32]);
+        let keys = crate::token::Keys::from_bytes("k1", k);
+        let email = |s| Email::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        let (from, reply_to, to) = (
+            email("partners@invited.test"),
+            email("replies@invited.test"),
+            email("minji.kim@fabrikam.test"),
+        );
+        let sender = Sender {
+            from_name: "Contoso Distribution",
+            from: &from,
+            reply_to: &reply_to,
+            public_url: "https://partners.contoso.test",
+            keys: &keys,
+            templates: &templates,
+            dkim: None,
+        };
+        for (locale, company) in [
+            ("en-US", "Fabrikam\nKorea\r\n.Ltd"),
+            ("ko-KR", "패브리캄\n."),
+        ] {
+            let fields = MailFieldsV1 {
+                from_name: "Contoso Distribution".into(),
+                recipient_name: "Kim Minji".into(),
+                recipient_email: to.to_string(),
+                company: company.into(),
+                country: "KR".into(),
+                provider_name: "Contoso Distribution Korea".into(),
+                provider_email: "ops@contoso.test".into(),
+                reply_enabled: true,
+                needs_enrollment: true,
+                state: "invited".into(),
+                ..Default::default()
+            };
+            let item = OutboxItem::queued(
+                crate::model::random_ref(),
+                "invited.test",
+                &to,
+                "Kim Minji",
+                MailKind::ProviderInvitation,
+                locale,
+                RecordId::random(),
+                fields,
+                Some(LinkSpec {
+                    purpose: Purpose::AuthorizeProvider,
+                    generation: 0,
+                    expires_at: 2_000_000_000,
+                }),
+                Utc::now(),
+            );
+            let bytes = sender
+                .build(&item)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .formatted();
+            for (i, b) in bytes.iter().enumerate() {
+                match b {
+                    b'\n' => assert!(i > 0 && bytes[i - 1] == b'\r', "{locale}: bare LF at {i}"),
+                    b'\r' => assert_eq!(bytes.get(i + 1), Some(&b'\n'), "{locale}: bare CR at {i}"),
+                    _ => {}
+                }
+            }
+            // a CRLF message: stuffing only adds dots and the end of data
+            let mut stuffed = Vec::new();
+            for line in bytes.split_inclusive(|&b| b == b'\n') {
+                if line.first() == Some(&b'.') {
+                    stuffed.push(b'.');
+                }
+                stuffed.extend_from_slice(line);
+            }
+            stuffed.extend_from_slice(b".\r\n");
+            assert_eq!(
+                crate::smtp::proto::data_payload(&bytes),
+                stuffed,
+                "{locale}"
+            );
+        }
+    }
 }

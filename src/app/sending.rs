@@ -34,6 +34,14 @@ impl App {
                         item.next_attempt_at = now + to_chrono(crate::sender::backoff(item.attempts));
                         crate::metrics::Metrics::inc(&self.metrics.retried);
                     }
+                    Err(SendError::Transport(e)) => {
+                        // Not this message's fault (connect, TLS, AUTH, 421, ...): it stays
+                        // queued past max_age and its recipient is never made undeliverable.
+                        tracing::warn!(message = %item.id, attempts = item.attempts, error = %e, "the SMTP transport failed, not this message: it stays queued and backs off");
+                        item.last_error = Some(format!("transport: {e}"));
+                        item.next_attempt_at = now + to_chrono(crate::sender::backoff(item.attempts));
+                        crate::metrics::Metrics::inc(&self.metrics.retried);
+                    }
                     Err(e) => {
                         tracing::warn!(message = %item.id, attempts = item.attempts, error = %e, "send failed for good");
                         let detail = format!("delivery failed: {e}");
@@ -45,7 +53,8 @@ impl App {
                                 if rec.bounce(&detail, now).is_ok() {
                                     self.save(txn, &rec)?;
                                     let (SendError::Permanent(words)
-                                    | SendError::Transient(words)) = &e;
+                                    | SendError::Transient(words)
+                                    | SendError::Transport(words)) = &e;
                                     Self::queue_provider_notice(&sh, txn, &rec, words, now)?;
                                     // a 5xx is a hard bounce: the address goes on the list
                                     if matches!(e, SendError::Permanent(_)) {

@@ -15,6 +15,7 @@ mod oauth;
 mod service;
 mod slowclient;
 mod smtp;
+mod smtp_script;
 mod tokens;
 mod unsubscribe;
 mod upgrade;

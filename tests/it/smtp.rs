@@ -246,3 +246,391 @@ fn a_bulk_send_delivers_each_message_exactly_once() {
     assert_eq!(unique.len(), n, "every message arrived");
     assert_eq!(ids.len(), n, "and none twice");
 }
+
+// ---- our SMTP client against scripted servers and smtp-sink -----------------------------------
+
+use crate::smtp_script::{Script, Scripted};
+use invited::sender::{SendError, SmtpPool};
+
+fn pool(port: u16, concurrency: usize, auth: Option<&Path>) -> SmtpPool {
+    let cfg = invited::config::SmtpConfig {
+        host: "127.0.0.1".into(),
+        port,
+        tls: invited::config::Tls::None,
+        username: auth.map(|_| "partners@invited.test".to_string()),
+        password_file: auth.map(Path::to_path_buf),
+        ca_file: None,
+    };
+    SmtpPool::new(&cfg, concurrency).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn message(n: usize, body: &str) -> Vec<u8> {
+    format!(
+        "From: partners@invited.test\r\nTo: r{n}@fabrikam.test\r\nSubject: test {n}\r\nMessage-ID: <m{n}@invited.test>\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+fn envelope(to: &str) -> lettre::address::Envelope {
+    lettre::address::Envelope::new(
+        Some(
+            "replies+x@invited.test"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        ),
+        vec![to.parse().unwrap_or_else(|e| panic!("{e}"))],
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Sends all at once (so they queue on the pool's connections together); results in order.
+async fn send_all(pool: &SmtpPool, msgs: &[(String, Vec<u8>)]) -> Vec<Result<(), SendError>> {
+    let envs: Vec<_> = msgs.iter().map(|(to, _)| envelope(to)).collect();
+    futures_util::future::join_all(
+        msgs.iter()
+            .zip(&envs)
+            .map(|((_, bytes), env)| pool.send(env, bytes)),
+    )
+    .await
+}
+
+fn three() -> Vec<(String, Vec<u8>)> {
+    (0..3)
+        .map(|i| (format!("r{i}@fabrikam.test"), message(i, "hello\r\n")))
+        .collect()
+}
+
+#[test]
+fn with_pipelining_mail_rcpt_and_data_go_together_and_the_next_goes_behind_the_body() {
+    // the greeting waits, so all three messages are queued on the one connection first
+    let server = Scripted::start(Script {
+        greeting_delay: Duration::from_millis(300),
+        ..Script::default()
+    });
+    let pool = pool(server.port, 1, None);
+    let results = runtime().block_on(send_all(&pool, &three()));
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let log = server.log();
+    assert_eq!(log.connections, 1);
+    assert_eq!(log.data.len(), 3, "{log:?}");
+    assert_eq!(
+        log.mail_groups_whole,
+        vec![true; 3],
+        "each MAIL came with its RCPT and DATA before any reply: {log:?}"
+    );
+    assert_eq!(
+        log.mail_behind_body[..2],
+        [true, true],
+        "the next MAIL came behind the body, before its reply: {log:?}"
+    );
+}
+
+#[test]
+fn without_pipelining_every_command_waits_for_its_reply() {
+    let server = Scripted::start(Script {
+        pipelining: false,
+        greeting_delay: Duration::from_millis(300),
+        ..Script::default()
+    });
+    let pool = pool(server.port, 1, None);
+    let results = runtime().block_on(send_all(&pool, &three()));
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let log = server.log();
+    assert_eq!(log.data.len(), 3, "{log:?}");
+    assert_eq!(
+        log.commands
+            .iter()
+            .filter(|c| c.starts_with("MAIL"))
+            .count(),
+        3
+    );
+    assert!(
+        log.out_of_turn.is_empty(),
+        "nothing sent before the reply to the command before it: {:?}",
+        log.out_of_turn
+    );
+}
+
+#[test]
+fn a_refused_rcpt_answered_354_gets_a_lone_dot_and_the_message_is_refused() {
+    // RFC 2920 §3.1: the server accepts DATA although it refused the only RCPT
+    let server = Scripted::start(Script {
+        rcpt: |addr| {
+            if addr.starts_with("nobody") {
+                "550 5.1.1 <nobody@fabrikam.test>: Recipient address rejected: User unknown"
+            } else {
+                "250 2.1.5 Ok"
+            }
+        },
+        ..Script::default()
+    });
+    let pool = pool(server.port, 1, None);
+    let rt = runtime();
+    let refused = rt.block_on(send_all(
+        &pool,
+        &[("nobody@fabrikam.test".into(), message(1, "secret\r\n"))],
+    ));
+    let log = server.log();
+    assert_eq!(
+        log.data,
+        vec![b".\r\n".to_vec()],
+        "only the end of data was sent, no message: {log:?}"
+    );
+    match &refused[0] {
+        Err(SendError::Permanent(e)) => {
+            assert!(e.contains("RCPT TO"), "{e}");
+            assert!(
+                e.contains(
+                    "550 5.1.1 <nobody@fabrikam.test>: Recipient address rejected: User unknown"
+                ),
+                "the RCPT's reply, in the server's words: {e}"
+            );
+        }
+        other => panic!("a permanent refusal expected: {other:?}"),
+    }
+    // the session was reset and the connection serves the next message
+    let next = rt.block_on(send_all(
+        &pool,
+        &[("ok@fabrikam.test".into(), message(2, "hello\r\n"))],
+    ));
+    assert!(next[0].is_ok(), "{next:?}");
+    let log = server.log();
+    assert_eq!(log.connections, 1, "{log:?}");
+    assert!(log.commands.iter().any(|c| c == "RSET"), "{log:?}");
+    assert_eq!(log.data.len(), 2);
+    assert!(String::from_utf8_lossy(&log.data[1]).contains("hello"));
+}
+
+#[test]
+fn a_421_is_the_transport_and_the_connection_is_not_reused() {
+    let server = Scripted::start(Script {
+        mail: "421 4.3.2 Service shutting down",
+        ..Script::default()
+    });
+    let pool = pool(server.port, 1, None);
+    let rt = runtime();
+    for _ in 0..2 {
+        let r = rt.block_on(send_all(
+            &pool,
+            &[("r@fabrikam.test".into(), message(1, "x\r\n"))],
+        ));
+        match &r[0] {
+            Err(SendError::Transport(e)) => assert!(e.contains("421 4.3.2"), "{e}"),
+            other => panic!("a transport error expected: {other:?}"),
+        }
+    }
+    assert_eq!(
+        server.log().connections,
+        2,
+        "a new connection after the 421"
+    );
+    assert!(server.log().data.is_empty());
+}
+
+#[test]
+fn a_refused_login_is_the_transport_and_the_pool_holds_off() {
+    let server = Scripted::start(Script {
+        auth: Some("535 5.7.8 Error: authentication failed: authentication failure"),
+        ..Script::default()
+    });
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pw = tmp.path().join("password");
+    std::fs::write(&pw, "wrong\n").unwrap_or_else(|e| panic!("{e}"));
+    let pool = pool(server.port, 2, Some(&pw));
+    let rt = runtime();
+    let first = rt.block_on(send_all(
+        &pool,
+        &[("r@fabrikam.test".into(), message(1, "x\r\n"))],
+    ));
+    match &first[0] {
+        Err(SendError::Transport(e)) => {
+            assert!(e.contains("AUTH"), "{e}");
+            assert!(
+                e.contains("535 5.7.8 Error: authentication failed: authentication failure"),
+                "the server's words are kept: {e}"
+            );
+        }
+        other => panic!("a transport error expected: {other:?}"),
+    }
+    let log = server.log();
+    let auth = log
+        .commands
+        .iter()
+        .find(|c| c.starts_with("AUTH PLAIN "))
+        .unwrap_or_else(|| panic!("no AUTH PLAIN: {log:?}"));
+    let decoded = data_encoding::BASE64
+        .decode(&auth.as_bytes()["AUTH PLAIN ".len()..])
+        .unwrap_or_default();
+    assert_eq!(decoded, b"\0partners@invited.test\0wrong");
+    // right after, the pool does not try again: the same cause, no new connection
+    let second = rt.block_on(send_all(
+        &pool,
+        &[("r@fabrikam.test".into(), message(2, "x\r\n"))],
+    ));
+    match &second[0] {
+        Err(SendError::Transport(e)) => assert!(e.contains("535 5.7.8"), "{e}"),
+        other => panic!("a transport error expected: {other:?}"),
+    }
+    assert_eq!(server.log().connections, 1);
+    assert!(server.log().data.is_empty());
+}
+
+#[test]
+fn a_pooled_connection_the_server_closed_is_replaced_without_failing_the_message() {
+    let server = Scripted::start(Script {
+        close_after: Some(1),
+        ..Script::default()
+    });
+    let pool = pool(server.port, 1, None);
+    let rt = runtime();
+    let first = rt.block_on(send_all(
+        &pool,
+        &[("r1@fabrikam.test".into(), message(1, "one\r\n"))],
+    ));
+    assert!(first[0].is_ok(), "{first:?}");
+    wait_for(
+        "the server to close the idle connection",
+        Duration::from_secs(10),
+        || (server.log().closed == 1).then_some(()),
+    );
+    let second = rt.block_on(send_all(
+        &pool,
+        &[("r2@fabrikam.test".into(), message(2, "two\r\n"))],
+    ));
+    assert!(second[0].is_ok(), "sent on a new connection: {second:?}");
+    let log = server.log();
+    assert_eq!(log.connections, 2, "{log:?}");
+    assert_eq!(log.data.len(), 2, "{log:?}");
+}
+
+#[test]
+fn the_pool_says_quit_when_closed() {
+    let server = Scripted::start(Script::default());
+    let pool = pool(server.port, 1, None);
+    let rt = runtime();
+    let r = rt.block_on(send_all(
+        &pool,
+        &[("r@fabrikam.test".into(), message(1, "x\r\n"))],
+    ));
+    assert!(r[0].is_ok(), "{r:?}");
+    rt.block_on(pool.close());
+    wait_for("QUIT", Duration::from_secs(5), || {
+        (server.log().commands.last().map(String::as_str) == Some("QUIT")).then_some(())
+    });
+}
+
+/// The message body of a smtp-sink dump: after the header block (the dump has LF line ends).
+fn dumped_bodies(dump: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dump).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if let Some((_, body)) = text.split_once("\n\n") {
+            out.push(body.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn lines_starting_with_a_dot_arrive_intact_with_and_without_pipelining() {
+    let body_lines = [
+        "first",
+        ".",
+        "..",
+        ".leading dot",
+        "...three",
+        "middle.dot",
+        "",
+        ".",
+        "last",
+    ];
+    let body = body_lines.join("\r\n") + "\r\n";
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (name, faults) in [("pipelined", &[][..]), ("plain", &["-p"][..])] {
+        let port = free_port();
+        let sink = Sink::start(port, &tmp.path().join(name), faults);
+        let pool = pool(port, 1, None);
+        let r = runtime().block_on(send_all(
+            &pool,
+            &[("r@fabrikam.test".into(), message(1, &body))],
+        ));
+        assert!(r[0].is_ok(), "{name}: {r:?}");
+        let bodies = wait_for("the dump", Duration::from_secs(10), || {
+            let b = dumped_bodies(&sink.dump);
+            (!b.is_empty()).then_some(b)
+        });
+        // smtp-sink undoes the dot-stuffing and appends an empty line
+        assert_eq!(
+            bodies,
+            vec![body_lines.join("\n") + "\n\n"],
+            "{name}: the body as sent"
+        );
+    }
+}
+
+#[test]
+fn a_refused_login_keeps_the_message_queued_and_the_record_deliverable() {
+    let server = Scripted::start(Script {
+        auth: Some("535 5.7.8 Error: authentication failed: authentication failure"),
+        ..Script::default()
+    });
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pw = tmp.path().join("password");
+    std::fs::write(&pw, "wrong\n").unwrap_or_else(|e| panic!("{e}"));
+    let mut opts = smtp_options(server.port);
+    opts.outbound = opts.outbound.map(|o| {
+        format!(
+            "{o}\nusername = \"partners@invited.test\"\npassword_file = \"{}\"",
+            pw.display()
+        )
+    });
+    // past max_age after the first attempt: a transport failure still keeps it queued
+    opts.max_age = "1s";
+    let d = Daemon::start(opts);
+    let r = d.invite("auth@fabrikam.test", "Fabrikam");
+    let id = r["id"].as_str().unwrap_or_default().to_string();
+    let state_before = d.state(&id);
+    wait_for(
+        "two refused attempts, or the message given up",
+        Duration::from_secs(30),
+        || {
+            let item = outbox_item(&d, "auth@fabrikam.test");
+            (item["attempts"].as_u64().unwrap_or(0) >= 2 || item["state"] != "queued").then_some(())
+        },
+    );
+    let item = outbox_item(&d, "auth@fabrikam.test");
+    assert_eq!(item["state"], "queued", "{item}");
+    assert!(
+        item["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("535 5.7.8"),
+        "the server's words: {item}"
+    );
+    assert_eq!(
+        d.state(&id),
+        state_before,
+        "the record is not undeliverable"
+    );
+    assert_ne!(d.state(&id), "undeliverable");
+    let outbox = d.json(&["outbox"]);
+    assert!(
+        !outbox
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i["kind"] == "provider_notice")),
+        "no provider notice: {outbox}"
+    );
+    assert!(
+        d.log()
+            .contains("the SMTP transport failed, not this message"),
+        "the log says why it stays queued"
+    );
+    assert!(server.log().data.is_empty(), "nothing was sent");
+}
