@@ -448,16 +448,17 @@ type SendResult = (OutboxItem, Result<(), SendError>);
 /// so each connection has its next message ready), a recorder writes their results in groups (one batch and one flush per group), and an
 /// item is not fetched again while it is in flight or its result is not yet recorded.
 pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: CancellationToken) {
-    let (concurrency, rate) = {
+    let (concurrency, pace) = {
         let sh = app.shared();
-        (sh.cfg.concurrency, sh.cfg.rate_per_second)
+        (sh.cfg.concurrency, sh.cfg.pace())
     };
-    // messages-per-second limit: one send may start per tick
-    let mut pacing = (rate > 0).then(|| {
-        let mut iv = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    // the tighter of rate_per_second and rate_per_minute: one send may start per tick
+    let mut pacing = pace.interval_secs().map(|secs| {
+        let mut iv = tokio::time::interval(Duration::from_secs_f64(secs));
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         iv
     });
+    let mut daily = DailyCount::load(&app, Utc::now());
     let in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
     let recorded = Arc::new(tokio::sync::Notify::new());
     let (tx, rx) = tokio::sync::mpsc::channel::<SendResult>(4096);
@@ -498,6 +499,26 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
             continue;
         }
         for item in due {
+            // daily_limit: sends started this UTC day; at the limit, wait for the next day
+            if pace.per_day > 0 {
+                let now = Utc::now();
+                daily.roll(now);
+                if daily.started >= u64::from(pace.per_day) {
+                    let wait = (crate::pacing::next_midnight(now) - now)
+                        .to_std()
+                        .unwrap_or(Duration::from_secs(1));
+                    tracing::info!(
+                        daily_limit = pace.per_day,
+                        resume_in_secs = wait.as_secs(),
+                        "mail.outbound.daily_limit reached: sending resumes at the next UTC day"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    break; // read the queue again on the new day
+                }
+            }
             let permit = tokio::select! {
                 p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = shutdown.cancelled() => break,
@@ -509,6 +530,7 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(item.id.clone());
+            daily.started += 1;
             let (app, transport, tx) = (app.clone(), transport.clone(), tx.clone());
             sends.spawn(async move {
                 let res = {
@@ -537,6 +559,39 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
     drop(tx);
     let _ = recorder.await;
     transport.close().await;
+}
+
+/// Sends started in the current UTC day, for `daily_limit` (a send counts when it starts: the
+/// provider counts what it was offered). Starts from what the store says was sent today.
+struct DailyCount {
+    day: chrono::DateTime<Utc>,
+    started: u64,
+}
+
+impl DailyCount {
+    fn load(app: &App, now: chrono::DateTime<Utc>) -> DailyCount {
+        let day = crate::pacing::start_of_day(now);
+        let started = app
+            .store
+            .read()
+            .outbox_all()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|i| i.sent_at.is_some_and(|t| t >= day))
+                    .count()
+            })
+            .unwrap_or(0) as u64;
+        DailyCount { day, started }
+    }
+
+    fn roll(&mut self, now: chrono::DateTime<Utc>) {
+        let day = crate::pacing::start_of_day(now);
+        if day != self.day {
+            self.day = day;
+            self.started = 0;
+        }
+    }
 }
 
 /// How long a stopping sender waits for sends in flight (the whole stop must fit in 10 s).

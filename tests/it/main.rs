@@ -12,6 +12,7 @@ mod hardening;
 mod harness;
 mod mailstack;
 mod oauth;
+mod pacing;
 mod service;
 mod slowclient;
 mod smtp;
