@@ -79,6 +79,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let transport = Arc::new(crate::sender::Transport::from_config(
         &cfg.outbound,
         cfg.concurrency,
+        cfg.max_messages_per_connection,
     )?);
 
     // every listener is bound before anything is served, so the status endpoint can name them all

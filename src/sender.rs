@@ -38,14 +38,21 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub fn from_config(outbound: &Outbound, concurrency: usize) -> anyhow::Result<Transport> {
+    pub fn from_config(
+        outbound: &Outbound,
+        concurrency: usize,
+        max_messages_per_connection: u32,
+    ) -> anyhow::Result<Transport> {
         Ok(match outbound {
             Outbound::File { dir } => {
                 crate::private::create_dir(dir)
                     .map_err(|e| anyhow::anyhow!("mail.outbound.dir {}: {e}", dir.display()))?;
                 Transport::File { dir: dir.clone() }
             }
-            Outbound::Smtp(s) => Transport::Smtp(Box::new(SmtpPool::new(s, concurrency)?)),
+            Outbound::Smtp(s) => Transport::Smtp(Box::new(
+                SmtpPool::new(s, concurrency)?
+                    .with_max_messages_per_connection(max_messages_per_connection),
+            )),
         })
     }
 
@@ -105,6 +112,9 @@ pub struct SmtpPool {
     workers: std::sync::Mutex<Vec<Worker>>,
     hold_off: Arc<std::sync::Mutex<HoldOff>>,
     tasks: tokio_util::task::TaskTracker,
+    /// `max_messages_per_connection`: a connection says QUIT after this many transactions and
+    /// the worker opens a new one (providers throttle long-lived sessions).
+    max_per_connection: u64,
 }
 
 /// Messages in flight per SMTP connection: one on the wire and the next ones rendered and
@@ -191,7 +201,13 @@ impl SmtpPool {
             workers: std::sync::Mutex::new(Vec::new()),
             hold_off: Arc::default(),
             tasks: tokio_util::task::TaskTracker::new(),
+            max_per_connection: u64::MAX,
         })
+    }
+
+    pub fn with_max_messages_per_connection(mut self, n: u32) -> SmtpPool {
+        self.max_per_connection = u64::from(n.max(1));
+        self
     }
 
     pub async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Result<(), SendError> {
@@ -217,6 +233,7 @@ impl SmtpPool {
                     self.hold_off.clone(),
                     rx,
                     load.clone(),
+                    self.max_per_connection,
                 ));
                 workers.push(Worker { jobs, load });
             }
@@ -288,6 +305,7 @@ async fn work(
     hold_off: Arc<std::sync::Mutex<HoldOff>>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>,
     load: Arc<std::sync::atomic::AtomicUsize>,
+    max_per_connection: u64,
 ) {
     let mut conn: Option<crate::smtp::Connection> = None;
     let mut queue = std::collections::VecDeque::new();
@@ -320,16 +338,16 @@ async fn work(
             rx: &mut rx,
             queue: &mut queue,
             load: &load,
+            left: u64::MAX,
         };
         if job.done.is_closed() {
             // its send was abandoned (a stopping daemon): it stays queued in the store
             feed.finish(job, Ok(()));
             continue;
         }
-        if conn
-            .as_ref()
-            .is_some_and(|c| !c.is_reusable() || c.idle_for() >= MAX_IDLE)
-        {
+        if conn.as_ref().is_some_and(|c| {
+            !c.is_reusable() || c.idle_for() >= MAX_IDLE || c.transactions() >= max_per_connection
+        }) {
             if let Some(c) = conn.take() {
                 c.quit().await;
             }
@@ -344,6 +362,8 @@ async fn work(
                 }
             },
         };
+        // this job plus at most `left` more on this connection
+        feed.left = max_per_connection.saturating_sub(c.transactions() + 1);
         c.send_all(job, &mut feed).await;
     }
     if let Some(c) = conn {
@@ -355,6 +375,8 @@ struct WorkerFeed<'a> {
     rx: &'a mut tokio::sync::mpsc::UnboundedReceiver<Job>,
     queue: &'a mut std::collections::VecDeque<Job>,
     load: &'a std::sync::atomic::AtomicUsize,
+    /// How many more jobs the current connection may take (`max_messages_per_connection`).
+    left: u64,
 }
 
 impl WorkerFeed<'_> {
@@ -367,11 +389,15 @@ impl WorkerFeed<'_> {
 impl crate::smtp::Feed<Job> for WorkerFeed<'_> {
     fn next(&mut self) -> Option<Job> {
         loop {
+            if self.left == 0 {
+                return None;
+            }
             let job = self.queue.pop_front().or_else(|| self.rx.try_recv().ok())?;
             if job.done.is_closed() {
                 self.finish(job, Ok(()));
                 continue;
             }
+            self.left -= 1;
             return Some(job);
         }
     }

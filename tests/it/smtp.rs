@@ -634,3 +634,29 @@ fn a_refused_login_keeps_the_message_queued_and_the_record_deliverable() {
     );
     assert!(server.log().data.is_empty(), "nothing was sent");
 }
+
+#[test]
+fn a_connection_is_recycled_after_max_messages_per_connection() {
+    let server = Scripted::start(Script::default());
+    let pool = pool(server.port, 1, None).with_max_messages_per_connection(3);
+    let rt = runtime();
+    let msgs: Vec<(String, Vec<u8>)> = (0..7)
+        .map(|i| (format!("r{i}@fabrikam.test"), message(i, "x\r\n")))
+        .collect();
+    let results = rt.block_on(send_all(&pool, &msgs));
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let log = server.log();
+    assert_eq!(log.data.len(), 7, "{log:?}");
+    // 3 + 3 + 1 transactions: three connections, each of the first two ended with QUIT
+    assert_eq!(log.connections, 3, "{log:?}");
+    let mails_per_session: Vec<usize> = log
+        .commands
+        .split(|c| c == "QUIT")
+        .map(|s| s.iter().filter(|c| c.starts_with("MAIL FROM")).count())
+        .filter(|n| *n > 0)
+        .collect();
+    assert!(
+        mails_per_session.iter().all(|n| *n <= 3),
+        "{mails_per_session:?}"
+    );
+}
