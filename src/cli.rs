@@ -812,7 +812,11 @@ async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow
         eprintln!();
     }
     out_rows.sort_by_key(|r| r["line"].as_u64().unwrap_or(0));
-    let v = json!({"queued": queued, "existing": existing, "rejected": rejected, "suppressed": suppressed, "rows": out_rows});
+    // when the whole outbox (these rows and whatever was queued before) will have gone out at
+    // the configured pace; null when no limit is set
+    let summary = call(sock, "GET", "/v1/outbox-summary", None).await?;
+    let finish = summary["estimated_finish"].clone();
+    let v = json!({"queued": queued, "existing": existing, "rejected": rejected, "suppressed": suppressed, "estimated_finish": finish, "rows": out_rows});
     if !j {
         for r in v["rows"].as_array().into_iter().flatten() {
             let (line, email) = (&r["line"], esc(&r["email"], ""));
@@ -834,6 +838,9 @@ async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow
             }
         }
         println!("{queued} queued, {existing} already invited, {suppressed} suppressed, {rejected} rejected ({total} rows)");
+        if let Some(t) = finish.as_str() {
+            println!("at the configured pace the outbox will have gone out by {t}");
+        }
     }
     Ok(v)
 }

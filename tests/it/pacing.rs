@@ -15,7 +15,9 @@ fn the_daily_limit_holds_the_rest_for_the_next_day() {
         ..Options::default()
     });
     let emails: Vec<String> = (0..8).map(|i| format!("p{i}@fabrikam.test")).collect();
-    assert_eq!(d.invite_csv(&emails)["queued"], 8);
+    let bulk = d.invite_csv(&emails);
+    assert_eq!(bulk["queued"], 8);
+    assert!(bulk["estimated_finish"].is_string(), "a bulk run reports the finish: {bulk}");
     let sent = |d: &Daemon| {
         d.json(&["outbox"])
             .as_array()
