@@ -17,7 +17,10 @@ fn the_daily_limit_holds_the_rest_for_the_next_day() {
     let emails: Vec<String> = (0..8).map(|i| format!("p{i}@fabrikam.test")).collect();
     let bulk = d.invite_csv(&emails);
     assert_eq!(bulk["queued"], 8);
-    assert!(bulk["estimated_finish"].is_string(), "a bulk run reports the finish: {bulk}");
+    assert!(
+        bulk["estimated_finish"].is_string(),
+        "a bulk run reports the finish: {bulk}"
+    );
     let sent = |d: &Daemon| {
         d.json(&["outbox"])
             .as_array()
