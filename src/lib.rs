@@ -27,4 +27,5 @@ pub mod smtp;
 pub mod store;
 pub mod templates;
 pub mod text;
+pub mod tls;
 pub mod token;

@@ -110,7 +110,7 @@ impl std::fmt::Debug for TokenSource {
 
 impl TokenSource {
     pub fn new(cfg: OAuth2Config) -> anyhow::Result<TokenSource> {
-        let tls = crate::imap::tls_config(cfg.ca_file.as_deref())?;
+        let tls = crate::tls::tls_config(cfg.ca_file.as_deref())?;
         Ok(TokenSource {
             cfg,
             tls,
@@ -260,9 +260,9 @@ impl TokenSource {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| transport(format!("TLS: {e}")))?;
-            crate::imap::Stream::Tls(Box::new(tls))
+            crate::tls::Stream::Tls(Box::new(tls))
         } else {
-            crate::imap::Stream::Plain(tcp)
+            crate::tls::Stream::Plain(tcp)
         };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await

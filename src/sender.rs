@@ -169,8 +169,8 @@ impl SmtpPool {
         use crate::smtp::Security;
         let security = match s.tls {
             Tls::None => Security::None,
-            Tls::StartTls => Security::StartTls(crate::imap::tls_config(s.ca_file.as_deref())?),
-            Tls::Tls => Security::Tls(crate::imap::tls_config(s.ca_file.as_deref())?),
+            Tls::StartTls => Security::StartTls(crate::tls::tls_config(s.ca_file.as_deref())?),
+            Tls::Tls => Security::Tls(crate::tls::tls_config(s.ca_file.as_deref())?),
         };
         let credentials = match (&s.username, &s.password_file) {
             (Some(user), Some(file)) => {
