@@ -33,7 +33,7 @@ const ARTIFACTS = path.resolve(
 const SHOTS = process.env.UPDATE_SCREENSHOTS === '1'
   ? path.join(REPO, 'docs', 'screenshots')
   : path.join(ARTIFACTS, 'screenshots');
-const TIME_LIMIT_MS = Number(process.env.BROWSER_TEST_TIME_LIMIT || 180) * 1000;
+const TIME_LIMIT_MS = Number(process.env.BROWSER_TEST_TIME_LIMIT || 420) * 1000;
 const STEP_TIMEOUT_MS = 20000;
 const CHROMIUM_ARGS = [
   '--headless',
@@ -370,15 +370,43 @@ let userDataDir = null;
 let context = null;
 const pageRequests = []; // every request any page made: {method, url}
 
+// A bare CI machine's first Chromium start can be slow (font cache, first-run work, a busy host):
+// give each launch 90 s and try up to three times with a fresh profile before calling it a failure.
+const LAUNCH_TIMEOUT_MS = 90000;
+const LAUNCH_ATTEMPTS = 3;
+
 async function startBrowser() {
-  userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'invited-chromium-'));
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    viewport: { width: 960, height: 720 },
-    timeout: 30000,
-  });
+  let lastError = null;
+  for (let attempt = 1; attempt <= LAUNCH_ATTEMPTS; attempt++) {
+    userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'invited-chromium-'));
+    const t0 = Date.now();
+    try {
+      context = await chromium.launchPersistentContext(userDataDir, {
+        executablePath: CHROMIUM,
+        headless: true,
+        args: CHROMIUM_ARGS,
+        viewport: { width: 960, height: 720 },
+        timeout: LAUNCH_TIMEOUT_MS,
+      });
+      console.log(`# Chromium started in ${((Date.now() - t0) / 1000).toFixed(1)} s (attempt ${attempt})`);
+      break;
+    } catch (e) {
+      lastError = e;
+      const first = String(e.message).split('\n')[0];
+      console.log(`# Chromium launch attempt ${attempt} failed after ${((Date.now() - t0) / 1000).toFixed(1)} s: ${first}`);
+      for (const pid of chromiumPids()) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+      fs.rmSync(userDataDir, { recursive: true, force: true });
+      userDataDir = null;
+      context = null;
+    }
+  }
+  if (!context) throw lastError;
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   context.setDefaultNavigationTimeout(STEP_TIMEOUT_MS);
   context.on('request', (r) => pageRequests.push({ method: r.method(), url: r.url() }));
