@@ -176,6 +176,7 @@ fn main() {
             username: None,
             password_file: None,
             ca_file: None,
+            oauth2: None,
         };
         let pool = Arc::new(invited::sender::SmtpPool::new(&cfg, c).unwrap_or_else(|e| panic!("{e}")));
         let env = lettre::address::Envelope::new(

@@ -208,6 +208,8 @@ pub struct SmtpConfig {
     pub password_file: Option<PathBuf>,
     /// A private CA (PEM) to trust besides the public roots.
     pub ca_file: Option<PathBuf>,
+    /// `auth = "oauth2"`: AUTH with a bearer token for `username` instead of a password.
+    pub oauth2: Option<(OAuth2Mechanism, Box<OAuth2Config>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -780,8 +782,8 @@ impl Config {
         }
 
         let o = &raw.mail.outbound;
-        match o.auth.as_deref().unwrap_or("password") {
-            "password" if o.oauth2.is_none() && o.mechanism.is_none() => {}
+        let smtp_oauth2 = match o.auth.as_deref().unwrap_or("password") {
+            "password" if o.oauth2.is_none() && o.mechanism.is_none() => None,
             "password" => {
                 return Err(bad(
                     "mail.outbound.oauth2",
@@ -789,18 +791,26 @@ impl Config {
                 ))
             }
             "oauth2" => {
-                // Validated like the inbound block so a config written now stays valid; the SMTP
-                // sender does not speak XOAUTH2 yet, so it is refused rather than ignored.
-                mechanism("mail.outbound.mechanism", &o.mechanism)?;
-                oauth2(
-                    "mail.outbound.oauth2",
-                    o.oauth2.as_ref(),
-                    o.ca_file.as_deref().map(resolve),
-                )?;
-                return Err(bad(
-                    "mail.outbound.auth",
-                    "\"oauth2\" is not supported by the SMTP sender yet (IMAP only); use a password or an SMTP relay".into(),
-                ));
+                if o.username.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                    return Err(bad(
+                        "mail.outbound.username",
+                        "is required with auth = \"oauth2\" (the mailbox the token is for)".into(),
+                    ));
+                }
+                if o.password_file.is_some() {
+                    return Err(bad(
+                        "mail.outbound.password_file",
+                        "is not used with auth = \"oauth2\"".into(),
+                    ));
+                }
+                Some((
+                    mechanism("mail.outbound.mechanism", &o.mechanism)?,
+                    Box::new(oauth2(
+                        "mail.outbound.oauth2",
+                        o.oauth2.as_ref(),
+                        o.ca_file.as_deref().map(resolve),
+                    )?),
+                ))
             }
             other => {
                 return Err(bad(
@@ -808,7 +818,7 @@ impl Config {
                     format!("{other:?} is not \"password\" or \"oauth2\""),
                 ))
             }
-        }
+        };
         let outbound = match o.transport.as_str() {
             "file" => Outbound::File {
                 dir: resolve(o.dir.as_deref().ok_or_else(|| {
@@ -834,6 +844,7 @@ impl Config {
                     .map(|f| secret("mail.outbound.password_file", f))
                     .transpose()?,
                 ca_file: o.ca_file.as_deref().map(resolve),
+                oauth2: smtp_oauth2,
             }),
             other => {
                 return Err(bad(
@@ -1395,6 +1406,49 @@ mod tests {
         // password auth still wants its file
         let e = err(with(""));
         assert!(e.contains("`mail.inbound.password_file`"), "{e}");
+    }
+
+    #[test]
+    fn smtp_oauth2_is_typed_and_needs_a_username() {
+        let with = |keys: &str, table: &str| {
+            SHIPPED
+                .replace(
+                    "transport = \"file\"                        # or \"smtp\"\ndir = \"../var/outbox\"",
+                    &format!("transport = \"smtp\"\nhost = \"smtp.office365.com\"\n{keys}"),
+                )
+                .replace("\n[policy]", &format!("\n{table}\n[policy]"))
+        };
+        let table = "[mail.outbound.oauth2]\nsource = \"static\"\ntoken_file = \"credential:smtp-token\"";
+        let c = parse(&with(
+            "username = \"partners@contoso.com\"\nauth = \"oauth2\"\nmechanism = \"oauthbearer\"",
+            table,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Outbound::Smtp(smtp) = c.outbound else {
+            panic!("not smtp")
+        };
+        let Some((mechanism, oauth2)) = smtp.oauth2 else {
+            panic!("no oauth2")
+        };
+        assert_eq!(mechanism, OAuth2Mechanism::OAuthBearer);
+        assert_eq!(oauth2.key, "mail.outbound.oauth2");
+        let err = |text: String| {
+            parse(&text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let e = err(with("auth = \"oauth2\"", table));
+        assert!(e.contains("`mail.outbound.username`"), "{e}");
+        let e = err(with(
+            "username = \"u@contoso.com\"\npassword_file = \"pw\"\nauth = \"oauth2\"",
+            table,
+        ));
+        assert!(e.contains("`mail.outbound.password_file`: is not used"), "{e}");
+        let e = err(with("username = \"u@contoso.com\"\nauth = \"oauth2\"", ""));
+        assert!(e.contains("`mail.outbound.oauth2`: is required"), "{e}");
+        let e = err(with("username = \"u@contoso.com\"\npassword_file = \"pw\"", table));
+        assert!(e.contains("`mail.outbound.oauth2`: is only read"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use lettre::address::Envelope;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::config::{Outbound, SmtpConfig, Tls};
+use crate::config::{OAuth2Mechanism, Outbound, SmtpConfig, Tls};
 use crate::outbox::{OutboxItem, Sender};
 
 /// How a send failed decides what happens next.
@@ -108,6 +108,8 @@ impl Transport {
 /// keeps its own backoff.
 pub struct SmtpPool {
     server: Arc<crate::smtp::Server>,
+    /// `auth = "oauth2"`: each new connection logs in with a token from here.
+    oauth: Option<Arc<OAuthLogin>>,
     max_connections: usize,
     workers: std::sync::Mutex<Vec<Worker>>,
     hold_off: Arc<std::sync::Mutex<HoldOff>>,
@@ -177,17 +179,30 @@ impl SmtpPool {
                 let password = std::fs::read_to_string(file).map_err(|e| {
                     anyhow::anyhow!("mail.outbound.password_file {}: {e}", file.display())
                 })?;
-                Some(crate::smtp::Credentials {
+                Some(crate::smtp::Credentials::Password {
                     username: user.clone(),
                     password: password.trim_end_matches(['\r', '\n']).to_string(),
                 })
             }
-            (Some(_), None) => {
+            (Some(_), None) if s.oauth2.is_none() => {
                 return Err(anyhow::anyhow!(
                     "mail.outbound.password_file is required with mail.outbound.username"
                 ))
             }
             _ => None,
+        };
+        let oauth = match (&s.oauth2, &s.username) {
+            (Some((mechanism, cfg)), Some(username)) => Some(Arc::new(OAuthLogin {
+                username: username.clone(),
+                mechanism: *mechanism,
+                tokens: crate::oauth::TokenSource::new((**cfg).clone())?,
+            })),
+            (Some(_), None) => {
+                return Err(anyhow::anyhow!(
+                    "mail.outbound.username is required with auth = \"oauth2\""
+                ))
+            }
+            (None, _) => None,
         };
         Ok(SmtpPool {
             server: Arc::new(crate::smtp::Server {
@@ -197,6 +212,7 @@ impl SmtpPool {
                 hello: hostname_or_default(),
                 credentials,
             }),
+            oauth,
             max_connections: concurrency.max(1),
             workers: std::sync::Mutex::new(Vec::new()),
             hold_off: Arc::default(),
@@ -230,6 +246,7 @@ impl SmtpPool {
                 let load = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 self.tasks.spawn(work(
                     self.server.clone(),
+                    self.oauth.clone(),
                     self.hold_off.clone(),
                     rx,
                     load.clone(),
@@ -261,9 +278,87 @@ impl SmtpPool {
     }
 }
 
+/// An SMTP login with OAuth2 bearer tokens (XOAUTH2 or OAUTHBEARER).
+struct OAuthLogin {
+    username: String,
+    mechanism: OAuth2Mechanism,
+    tokens: crate::oauth::TokenSource,
+}
+
+impl OAuthLogin {
+    /// A connection logged in with the cached token; when the server refuses it, once more with
+    /// a new token (an expired or revoked one is fetched again; a static file is re-read). The
+    /// server's refusal is logged with its own words; the token never is.
+    async fn open(
+        &self,
+        server: &crate::smtp::Server,
+    ) -> Result<crate::smtp::Connection, SendError> {
+        let token_error =
+            |e: crate::oauth::OAuthError| SendError::Transport(format!("OAuth2 token: {e}"));
+        let token = self.tokens.token().await.map_err(token_error)?;
+        match crate::smtp::Connection::open(&self.server_with(server, &token)).await {
+            Ok(c) => return Ok(c),
+            Err(e) if e.stage == crate::smtp::Stage::Auth && is_refusal(&e) => {
+                tracing::warn!(username = %self.username, mechanism = self.mechanism_name(), server_answer = %e.failure, "SMTP refused the OAuth2 token; fetching a new token and retrying once");
+            }
+            Err(e) => return Err(classify(&e)),
+        }
+        let token = self.tokens.refresh().await.map_err(token_error)?;
+        crate::smtp::Connection::open(&self.server_with(server, &token))
+            .await
+            .map_err(|e| {
+                if e.stage == crate::smtp::Stage::Auth && is_refusal(&e) {
+                    SendError::Transport(format!(
+                        "{e} (refused again with a new OAuth2 token for {})",
+                        self.username
+                    ))
+                } else {
+                    classify(&e)
+                }
+            })
+    }
+
+    fn mechanism_name(&self) -> &'static str {
+        self.smtp_mechanism().name()
+    }
+
+    fn smtp_mechanism(&self) -> crate::smtp::Mechanism {
+        match self.mechanism {
+            OAuth2Mechanism::XOAuth2 => crate::smtp::Mechanism::XOAuth2,
+            OAuth2Mechanism::OAuthBearer => crate::smtp::Mechanism::OAuthBearer,
+        }
+    }
+
+    fn server_with(
+        &self,
+        server: &crate::smtp::Server,
+        token: &crate::oauth::BearerToken,
+    ) -> crate::smtp::Server {
+        let initial_response = match self.mechanism {
+            OAuth2Mechanism::XOAuth2 => crate::oauth::xoauth2(&self.username, token),
+            OAuth2Mechanism::OAuthBearer => {
+                crate::oauth::oauthbearer(&self.username, &server.host, server.port, token)
+            }
+        };
+        crate::smtp::Server {
+            credentials: Some(crate::smtp::Credentials::Bearer {
+                mechanism: self.smtp_mechanism(),
+                initial_response,
+            }),
+            ..server.clone()
+        }
+    }
+}
+
+/// The server answered AUTH with a refusal (say `535 5.7.8`), as opposed to a lost connection.
+fn is_refusal(e: &crate::smtp::Error) -> bool {
+    matches!(&e.failure, crate::smtp::Failure::Reply(r) if r.code >= 500 || r.code == 454)
+}
+
 /// A new connection, unless the pool is holding off after a transport failure.
 async fn connect(
     server: &crate::smtp::Server,
+    oauth: Option<&OAuthLogin>,
     hold_off: &std::sync::Mutex<HoldOff>,
 ) -> Result<crate::smtp::Connection, SendError> {
     {
@@ -277,7 +372,13 @@ async fn connect(
             )));
         }
     }
-    match crate::smtp::Connection::open(server).await {
+    let opened = match oauth {
+        None => crate::smtp::Connection::open(server)
+            .await
+            .map_err(|e| classify(&e)),
+        Some(o) => o.open(server).await,
+    };
+    match opened {
         Ok(c) => {
             let mut h = hold_off.lock().unwrap_or_else(|p| p.into_inner());
             h.failures = 0;
@@ -291,8 +392,12 @@ async fn connect(
                 h.failures += 1;
                 h.until = Some(now + HoldOff::delay(h.failures));
             }
-            h.cause = e.to_string();
-            Err(classify(&e))
+            h.cause = match &e {
+                SendError::Transport(w) | SendError::Transient(w) | SendError::Permanent(w) => {
+                    w.clone()
+                }
+            };
+            Err(e)
         }
     }
 }
@@ -302,6 +407,7 @@ async fn connect(
 /// pool is closed or dropped, after a QUIT.
 async fn work(
     server: Arc<crate::smtp::Server>,
+    oauth: Option<Arc<OAuthLogin>>,
     hold_off: Arc<std::sync::Mutex<HoldOff>>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>,
     load: Arc<std::sync::atomic::AtomicUsize>,
@@ -354,7 +460,7 @@ async fn work(
         }
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match connect(&server, &hold_off).await {
+            None => match connect(&server, oauth.as_deref(), &hold_off).await {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
                     feed.finish(job, Err(e));

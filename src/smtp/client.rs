@@ -337,16 +337,18 @@ impl Connection {
     /// `535 5.7.8 authentication failed`) is kept as its words. Nothing here is logged: the
     /// lines carry the password.
     async fn authenticate(&mut self, creds: &Credentials) -> Result<(), Error> {
-        let Some(mech) = Mechanism::choose(&self.caps.auth) else {
+        let Some(mech) = Mechanism::choose(&self.caps.auth, creds) else {
             let offered = if self.caps.auth.is_empty() {
                 "none".to_string()
             } else {
                 self.caps.auth.join(" ")
             };
+            let ours: Vec<&str> = Mechanism::usable(creds).iter().map(|m| m.name()).collect();
             return Err(self.fail(
                 Stage::Auth,
                 Failure::Protocol(format!(
-                    "the server offers no AUTH mechanism we use (PLAIN, LOGIN); it offers: {offered}"
+                    "the server offers no AUTH mechanism we use ({}); it offers: {offered}",
+                    ours.join(", ")
                 )),
             ));
         };
@@ -356,14 +358,22 @@ impl Connection {
             None => line.extend_from_slice(format!("AUTH {}\r\n", mech.name()).as_bytes()),
         }
         self.write(Stage::Auth, &line).await?;
+        // A bearer mechanism's challenge is the server's reason for refusing the token (JSON,
+        // e.g. {"status":"invalid_token"}); it is kept with the final refusal for the log.
+        let mut reason: Option<String> = None;
         for step in 0.. {
-            let r = self.read_reply(Stage::Auth).await?;
+            let mut r = self.read_reply(Stage::Auth).await?;
             match r.code {
                 235 => return Ok(()),
                 334 if step < 8 => {
                     let challenge = data_encoding::BASE64
                         .decode(r.lines.first().map_or("", |l| l.trim()).as_bytes())
                         .unwrap_or_default();
+                    if mech.is_bearer() && !challenge.is_empty() {
+                        let text = String::from_utf8_lossy(&challenge);
+                        let text: String = text.chars().take(300).collect();
+                        reason = Some(text);
+                    }
                     line.clear();
                     match mech.respond(step, &challenge, creds) {
                         Ok(resp) => proto::sasl_line("", &resp, &mut line),
@@ -376,7 +386,12 @@ impl Connection {
                     }
                     self.write(Stage::Auth, &line).await?;
                 }
-                _ => return Err(self.refused(Stage::Auth, r)),
+                _ => {
+                    if let Some(reason) = reason.take() {
+                        r.lines.push(format!("({} error: {reason})", mech.name()));
+                    }
+                    return Err(self.refused(Stage::Auth, r));
+                }
             }
         }
         Err(self.fail(Stage::Auth, Failure::Protocol("AUTH did not end".into())))

@@ -249,82 +249,136 @@ pub fn data_payload(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Username and password for AUTH PLAIN / LOGIN. `Debug` never shows the password.
+/// What AUTH proves: a password (PLAIN, LOGIN) or an OAuth2 bearer token (XOAUTH2,
+/// OAUTHBEARER). `Debug` never shows the password or the token.
 #[derive(Clone)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
+pub enum Credentials {
+    Password {
+        username: String,
+        password: String,
+    },
+    /// The whole SASL initial response for `mechanism` (it carries the token), built by the
+    /// caller from the user and a fresh token (`oauth::xoauth2`, `oauth::oauthbearer`).
+    Bearer {
+        mechanism: Mechanism,
+        initial_response: String,
+    },
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
+        match self {
+            Credentials::Password { username, .. } => f
+                .debug_struct("Password")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credentials::Bearer { mechanism, .. } => f
+                .debug_struct("Bearer")
+                .field("mechanism", mechanism)
+                .field("initial_response", &"<redacted>")
+                .finish(),
+        }
     }
 }
 
-/// A SASL mechanism we can use. Adding one (XOAUTH2, OAUTHBEARER: an initial response built from
-/// a bearer token; an error challenge answered with an empty response so the server sends its
-/// final refusal) is a variant here plus its two functions below; `client` stays as it is.
+/// A SASL mechanism we can use: one variant here plus its answers below; `client` stays as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
     /// RFC 4616: one initial response, `\0user\0password`.
     Plain,
     /// The de-facto LOGIN: the server asks for the username, then the password.
     Login,
+    /// Google's and Microsoft's XOAUTH2: `user=…\x01auth=Bearer …\x01\x01`.
+    XOAuth2,
+    /// RFC 7628 OAUTHBEARER.
+    OAuthBearer,
 }
 
 impl Mechanism {
-    /// In the order we prefer them.
-    pub const ALL: [Mechanism; 2] = [Mechanism::Plain, Mechanism::Login];
+    /// Password mechanisms in the order we prefer them.
+    pub const PASSWORD: [Mechanism; 2] = [Mechanism::Plain, Mechanism::Login];
 
     pub fn name(self) -> &'static str {
         match self {
             Mechanism::Plain => "PLAIN",
             Mechanism::Login => "LOGIN",
+            Mechanism::XOAuth2 => "XOAUTH2",
+            Mechanism::OAuthBearer => "OAUTHBEARER",
         }
     }
 
-    /// The first mechanism we prefer among those the server offers.
-    pub fn choose(offered: &[String]) -> Option<Mechanism> {
-        Mechanism::ALL
-            .into_iter()
+    /// The mechanisms `creds` can be used with, in the order we prefer them.
+    pub fn usable(creds: &Credentials) -> &'static [Mechanism] {
+        match creds {
+            Credentials::Password { .. } => &Mechanism::PASSWORD,
+            Credentials::Bearer {
+                mechanism: Mechanism::OAuthBearer,
+                ..
+            } => &[Mechanism::OAuthBearer],
+            Credentials::Bearer { .. } => &[Mechanism::XOAuth2],
+        }
+    }
+
+    /// The first mechanism we prefer for `creds` among those the server offers.
+    pub fn choose(offered: &[String], creds: &Credentials) -> Option<Mechanism> {
+        Mechanism::usable(creds)
+            .iter()
+            .copied()
             .find(|m| offered.iter().any(|o| o.eq_ignore_ascii_case(m.name())))
     }
 
     /// The response sent with the AUTH command itself (RFC 4954 initial response); `None` when
     /// the mechanism waits for the server's first challenge.
     pub fn initial_response(self, creds: &Credentials) -> Option<Vec<u8>> {
-        match self {
-            Mechanism::Plain => {
-                let mut r = Vec::with_capacity(creds.username.len() + creds.password.len() + 2);
+        match (self, creds) {
+            (Mechanism::Plain, Credentials::Password { username, password }) => {
+                let mut r = Vec::with_capacity(username.len() + password.len() + 2);
                 r.push(0);
-                r.extend_from_slice(creds.username.as_bytes());
+                r.extend_from_slice(username.as_bytes());
                 r.push(0);
-                r.extend_from_slice(creds.password.as_bytes());
+                r.extend_from_slice(password.as_bytes());
                 Some(r)
             }
-            Mechanism::Login => None,
+            (
+                Mechanism::XOAuth2 | Mechanism::OAuthBearer,
+                Credentials::Bearer {
+                    initial_response, ..
+                },
+            ) => Some(initial_response.as_bytes().to_vec()),
+            _ => None,
         }
     }
 
     /// The answer to the server's `step`-th challenge (0-based, after any initial response).
+    /// A bearer mechanism's only challenge is the server's error report (JSON): it is answered
+    /// with the empty response (XOAUTH2) or `\x01` (OAUTHBEARER, RFC 7628 §3.2.3) so that the
+    /// server sends its final refusal.
     pub fn respond(
         self,
         step: usize,
         _challenge: &[u8],
         creds: &Credentials,
     ) -> Result<Vec<u8>, String> {
-        match (self, step) {
-            (Mechanism::Login, 0) => Ok(creds.username.as_bytes().to_vec()),
-            (Mechanism::Login, 1) => Ok(creds.password.as_bytes().to_vec()),
-            (m, _) => Err(format!(
+        match (self, step, creds) {
+            (Mechanism::Login, 0, Credentials::Password { username, .. }) => {
+                Ok(username.as_bytes().to_vec())
+            }
+            (Mechanism::Login, 1, Credentials::Password { password, .. }) => {
+                Ok(password.as_bytes().to_vec())
+            }
+            (Mechanism::XOAuth2, 0, _) => Ok(Vec::new()),
+            (Mechanism::OAuthBearer, 0, _) => Ok(vec![1]),
+            (m, _, _) => Err(format!(
                 "the server sent AUTH {} a challenge it does not take",
                 m.name()
             )),
         }
+    }
+
+    /// XOAUTH2 and OAUTHBEARER: the server's challenge is its error report, worth keeping.
+    pub fn is_bearer(self) -> bool {
+        matches!(self, Mechanism::XOAuth2 | Mechanism::OAuthBearer)
     }
 }
 
@@ -557,16 +611,20 @@ mod tests {
 
     #[test]
     fn sasl_plain_and_login() {
-        let creds = Credentials {
+        let creds = Credentials::Password {
             username: "replies@invited.test".into(),
             password: "pw".into(),
         };
         assert_eq!(
-            Mechanism::choose(&["LOGIN".into(), "PLAIN".into()]),
+            Mechanism::choose(&["LOGIN".into(), "PLAIN".into()], &creds),
             Some(Mechanism::Plain)
         );
-        assert_eq!(Mechanism::choose(&["LOGIN".into()]), Some(Mechanism::Login));
-        assert_eq!(Mechanism::choose(&["CRAM-MD5".into()]), None);
+        assert_eq!(
+            Mechanism::choose(&["LOGIN".into()], &creds),
+            Some(Mechanism::Login)
+        );
+        assert_eq!(Mechanism::choose(&["CRAM-MD5".into()], &creds), None);
+        assert_eq!(Mechanism::choose(&["XOAUTH2".into()], &creds), None);
         let ir = Mechanism::Plain
             .initial_response(&creds)
             .unwrap_or_default();
@@ -591,5 +649,43 @@ mod tests {
         let mut empty = Vec::new();
         sasl_line("AUTH X", b"", &mut empty);
         assert_eq!(empty, b"AUTH X =\r\n");
+    }
+
+    #[test]
+    fn sasl_bearer() {
+        let x = Credentials::Bearer {
+            mechanism: Mechanism::XOAuth2,
+            initial_response: "user=u@invited.test\x01auth=Bearer tok-123\x01\x01".into(),
+        };
+        let offered: Vec<String> = vec!["PLAIN".into(), "LOGIN".into(), "XOAUTH2".into()];
+        assert_eq!(Mechanism::choose(&offered, &x), Some(Mechanism::XOAuth2));
+        assert_eq!(Mechanism::choose(&["PLAIN".into()], &x), None);
+        let ir = Mechanism::XOAuth2.initial_response(&x).unwrap_or_default();
+        let mut line = Vec::new();
+        sasl_line("AUTH XOAUTH2", &ir, &mut line);
+        assert_eq!(
+            String::from_utf8_lossy(&line),
+            format!(
+                "AUTH XOAUTH2 {}\r\n",
+                data_encoding::BASE64.encode(b"user=u@invited.test\x01auth=Bearer tok-123\x01\x01")
+            )
+        );
+        // the error challenge is answered empty, so the server sends its final refusal
+        assert_eq!(Mechanism::XOAuth2.respond(0, b"{}", &x), Ok(Vec::new()));
+        assert!(Mechanism::XOAuth2.respond(1, b"", &x).is_err());
+        assert!(!format!("{x:?}").contains("tok-123"));
+
+        let b = Credentials::Bearer {
+            mechanism: Mechanism::OAuthBearer,
+            initial_response: "n,a=u@invited.test,\x01auth=Bearer tok\x01\x01".into(),
+        };
+        assert_eq!(Mechanism::choose(&offered, &b), None);
+        assert_eq!(
+            Mechanism::choose(&["oauthbearer".into()], &b),
+            Some(Mechanism::OAuthBearer)
+        );
+        assert_eq!(Mechanism::OAuthBearer.respond(0, b"{}", &b), Ok(vec![1]));
+        // a password mechanism never takes a token and vice versa
+        assert_eq!(Mechanism::Plain.initial_response(&b), None);
     }
 }

@@ -514,3 +514,165 @@ fn expired_refused_and_revoked_tokens() {
     reply_is_read(&ms, &d, &users[3], 3);
     log_is_clean(&d, &ts);
 }
+
+/// A daemon sending through Dovecot's own submission service (dovecot-submissiond, which relays
+/// to Postfix) with `auth = "oauth2"`, one message per connection so every message logs in.
+fn sending_daemon(ms: &MailStack, mechanism: &str, oauth2: &str) -> Daemon {
+    let mut o = ms.options(true);
+    o.outbound = Some(format!(
+        "transport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nca_file = \"{}\"\nusername = \"{INBOX}\"\nauth = \"oauth2\"\nmechanism = \"{mechanism}\"\nconcurrency = 2\nmax_messages_per_connection = 1",
+        ms.port("DOVECOT_SUBMISSION_PORT"),
+        ms.var("CA_CERT"),
+    ));
+    o.inbound = None;
+    let mut d = Daemon::new(o);
+    let mut text = std::fs::read_to_string(&d.config).unwrap_or_default();
+    text.push_str(&format!("\n[mail.outbound.oauth2]\n{oauth2}\n"));
+    std::fs::write(&d.config, text).unwrap_or_else(|e| panic!("{e}"));
+    d.env = vec![("INVITED_LOG".into(), "trace".into())];
+    d.spawn();
+    d
+}
+
+/// How many SMTP logins Dovecot's submission took with `method`.
+fn submission_logins(ms: &MailStack, method: &str) -> usize {
+    let log = std::fs::read_to_string(ms.var("DOVECOT_LOG")).unwrap_or_default();
+    log.lines()
+        .filter(|l| {
+            l.contains("submission-login: Info: Login:")
+                && l.contains(&format!("user=<{INBOX}>"))
+                && l.contains(&format!("method={method}"))
+        })
+        .count()
+}
+
+fn outbox_item_to(d: &Daemon, to: &str) -> serde_json::Value {
+    d.json(&["outbox"])
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["to"].as_str() == Some(to)).cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn sends_through_submission_with_oauth2() {
+    let users: Vec<String> = (0..6).map(|i| format!("s{i}@tailspin.test")).collect();
+    let ts = TokenServer::start();
+    // honest short tokens: 2 s, said and meant
+    ts.with(|s| {
+        s.expires_in = 2;
+        s.valid_for = Duration::from_secs(2);
+    });
+    let ms = MailStack::start_with(&users, &["--oauth2", &ts.url]);
+    let files = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let d = sending_daemon(&ms, "xoauth2", &client_credentials(&ts, files.path()));
+
+    // 1. XOAUTH2 with a client-credentials token: the invitation arrives
+    d.invite(&users[0], "Tailspin");
+    let m = &wait_inbox(&ms, &users[0], 1)[0];
+    assert!(m.text.contains("Tailspin"), "{}", m.text);
+    assert!(
+        submission_logins(&ms, "XOAUTH2") >= 1,
+        "Dovecot took an XOAUTH2 login: {}",
+        std::fs::read_to_string(ms.var("DOVECOT_LOG")).unwrap_or_default()
+    );
+    assert!(ts.with(|s| s.grants.contains(&"client_credentials")));
+
+    // 2. the token expires between messages: the next login fetches a new one first
+    let grants = ts.with(|s| s.grants.len());
+    std::thread::sleep(Duration::from_millis(2500));
+    d.invite(&users[1], "Tailspin");
+    wait_inbox(&ms, &users[1], 1);
+    assert!(
+        ts.with(|s| s.grants.len()) > grants,
+        "a new token after expiry"
+    );
+    assert!(
+        !d.log().contains("SMTP refused the OAuth2 token"),
+        "expiry is seen before the server refuses: {}",
+        d.log()
+    );
+
+    // 3. the server stops honouring a token the daemon still thinks good: refused, a new
+    // token, the login retried once, the message delivered
+    ts.with(|s| {
+        s.expires_in = 3600;
+        s.valid_for = Duration::from_secs(3600);
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    d.invite(&users[2], "Tailspin");
+    wait_inbox(&ms, &users[2], 1);
+    ts.with(|s| {
+        s.tokens
+            .values_mut()
+            .for_each(|(_, until)| *until = Instant::now())
+    });
+    d.invite(&users[3], "Tailspin");
+    wait_inbox(&ms, &users[3], 1);
+    let log = d.log();
+    assert!(
+        log.contains("SMTP refused the OAuth2 token; fetching a new token and retrying once"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("SMTP refused the OAuth2 token") && l.contains("535")),
+        "the server's answer is logged: {log}"
+    );
+
+    // 4. revoked: refused even with a new token -> a clear line with the server's answer, the
+    // message stays queued (never undeliverable), backoff, no crash
+    ts.with(|s| s.revoked = true);
+    let r = d.invite(&users[4], "Tailspin");
+    let id = r["id"].as_str().unwrap_or_default().to_string();
+    let again = "refused again with a new OAuth2 token for replies@invited.test";
+    wait_for("a refused send", Duration::from_secs(30), || {
+        d.log().contains(again).then_some(())
+    });
+    let line = d
+        .log()
+        .lines()
+        .find(|l| l.contains(again))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("535") && line.contains("AUTH"), "{line}");
+    let item = outbox_item_to(&d, &users[4]);
+    assert_eq!(item["state"], "queued", "{item}");
+    assert!(
+        item["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("transport:")),
+        "{item}"
+    );
+    assert_ne!(d.state(&id), "undeliverable");
+    assert!(
+        d.pid().is_some() && d.get("/healthz").status == 200,
+        "the daemon keeps running"
+    );
+    let summary = d.json(&["outbox", "--summary"]);
+    assert!(summary["queued"].as_u64().unwrap_or(0) >= 1, "{summary}");
+
+    // 5. access given back: the queued message goes out, nothing lost
+    ts.with(|s| s.revoked = false);
+    wait_inbox(&ms, &users[4], 1);
+    wait_for("the outbox item sent", Duration::from_secs(60), || {
+        (outbox_item_to(&d, &users[4])["state"] == "sent").then_some(())
+    });
+    log_is_clean(&d, &ts);
+    drop(d);
+
+    // OAUTHBEARER (RFC 7628) on submission, with a static token file
+    let token_file = files.path().join("token");
+    std::fs::write(&token_file, ts.issue(INBOX) + "\n").unwrap_or_else(|e| panic!("{e}"));
+    let d = sending_daemon(
+        &ms,
+        "oauthbearer",
+        &format!(
+            "source = \"static\"\ntoken_file = \"{}\"",
+            token_file.display()
+        ),
+    );
+    d.invite(&users[5], "Tailspin");
+    wait_inbox(&ms, &users[5], 1);
+    assert!(submission_logins(&ms, "OAUTHBEARER") >= 1);
+    log_is_clean(&d, &ts);
+}

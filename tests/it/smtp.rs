@@ -260,6 +260,7 @@ fn pool(port: u16, concurrency: usize, auth: Option<&Path>) -> SmtpPool {
         username: auth.map(|_| "partners@invited.test".to_string()),
         password_file: auth.map(Path::to_path_buf),
         ca_file: None,
+        oauth2: None,
     };
     SmtpPool::new(&cfg, concurrency).unwrap_or_else(|e| panic!("{e}"))
 }
