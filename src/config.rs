@@ -1418,7 +1418,8 @@ mod tests {
                 )
                 .replace("\n[policy]", &format!("\n{table}\n[policy]"))
         };
-        let table = "[mail.outbound.oauth2]\nsource = \"static\"\ntoken_file = \"credential:smtp-token\"";
+        let table =
+            "[mail.outbound.oauth2]\nsource = \"static\"\ntoken_file = \"credential:smtp-token\"";
         let c = parse(&with(
             "username = \"partners@contoso.com\"\nauth = \"oauth2\"\nmechanism = \"oauthbearer\"",
             table,
@@ -1444,10 +1445,16 @@ mod tests {
             "username = \"u@contoso.com\"\npassword_file = \"pw\"\nauth = \"oauth2\"",
             table,
         ));
-        assert!(e.contains("`mail.outbound.password_file`: is not used"), "{e}");
+        assert!(
+            e.contains("`mail.outbound.password_file`: is not used"),
+            "{e}"
+        );
         let e = err(with("username = \"u@contoso.com\"\nauth = \"oauth2\"", ""));
         assert!(e.contains("`mail.outbound.oauth2`: is required"), "{e}");
-        let e = err(with("username = \"u@contoso.com\"\npassword_file = \"pw\"", table));
+        let e = err(with(
+            "username = \"u@contoso.com\"\npassword_file = \"pw\"",
+            table,
+        ));
         assert!(e.contains("`mail.outbound.oauth2`: is only read"), "{e}");
     }
 
