@@ -11,6 +11,7 @@ pub struct Metrics {
     pub sent: AtomicU64,
     pub retried: AtomicU64,
     pub failed: AtomicU64,
+    pub throttled: AtomicU64,
     inbound: Mutex<BTreeMap<String, u64>>,
     transitions: Mutex<BTreeMap<String, u64>>,
     listeners: Mutex<Vec<(&'static str, Arc<ListenerStats>)>>,
@@ -133,6 +134,11 @@ impl Metrics {
                 "invited_failed_total",
                 &self.failed,
                 "Messages that failed permanently.",
+            ),
+            (
+                "invited_throttled_total",
+                &self.throttled,
+                "Send attempts the server answered with 421 or 4.7.x (slow down); not counted as retries.",
             ),
         ] {
             s.push_str(&format!(

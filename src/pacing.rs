@@ -68,6 +68,109 @@ impl Pace {
     }
 }
 
+/// Where the sender reads the time from.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system's clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// `start` plus the tokio time passed since the clock was made: under `tokio::time::pause()`,
+/// timers and this clock move together, so a test runs a day's pacing in seconds.
+pub struct TokioClock {
+    start: DateTime<Utc>,
+    base: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn starting_at(start: DateTime<Utc>) -> TokioClock {
+        TokioClock {
+            start,
+            base: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        let passed = tokio::time::Instant::now().saturating_duration_since(self.base);
+        self.start + Duration::milliseconds(passed.as_millis() as i64)
+    }
+}
+
+/// How the sender slows down when a server says "too many" (a 421, or 4.7.x to a message):
+/// a pause, doubling with each strike that comes after the last pause ended (1 s … 5 min), then
+/// an extra gap between two sends that doubles with each strike (0.5 s … 60 s) and shrinks by a
+/// tenth with every message the server takes, until the configured pace is all that is left.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    until: Option<tokio::time::Instant>,
+    gap: std::time::Duration,
+    next_start: Option<tokio::time::Instant>,
+    strikes: u32,
+}
+
+impl Throttle {
+    const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(500);
+    const MAX_GAP: std::time::Duration = std::time::Duration::from_secs(60);
+    const MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(300);
+
+    /// The server said "too many". The sends already in flight get the same answer: those that
+    /// arrive during the pause are one strike with it. Returns the new (pause, gap) when this
+    /// was a new strike.
+    pub fn strike(
+        &mut self,
+        now: tokio::time::Instant,
+    ) -> Option<(std::time::Duration, std::time::Duration)> {
+        if self.until.is_some_and(|u| now < u) {
+            return None;
+        }
+        self.strikes = self.strikes.saturating_add(1);
+        let pause =
+            std::time::Duration::from_secs(1u64 << (self.strikes - 1).min(9)).min(Self::MAX_PAUSE);
+        self.gap = (self.gap * 2).clamp(Self::MIN_GAP, Self::MAX_GAP);
+        self.until = Some(now + pause);
+        Some((pause, self.gap))
+    }
+
+    /// The server took a message.
+    pub fn success(&mut self) {
+        if self.gap.is_zero() {
+            return;
+        }
+        self.gap = self.gap.mul_f64(0.9);
+        if self.gap < std::time::Duration::from_millis(20) {
+            self.gap = std::time::Duration::ZERO;
+            self.strikes = 0;
+        }
+    }
+
+    /// How long the next send must wait from `now`; the send is then counted as started.
+    pub fn wait(&mut self, now: tokio::time::Instant) -> std::time::Duration {
+        let mut start = now;
+        if let Some(u) = self.until.filter(|u| *u > start) {
+            start = u;
+        }
+        if let Some(n) = self.next_start.filter(|n| *n > start) {
+            start = n;
+        }
+        self.next_start = (!self.gap.is_zero()).then(|| start + self.gap);
+        start - now
+    }
+
+    /// Slowed down now (for `outbox --summary` and tests).
+    pub fn gap(&self) -> std::time::Duration {
+        self.gap
+    }
+}
+
 /// The start of the next UTC day after `t`.
 pub fn next_midnight(t: DateTime<Utc>) -> DateTime<Utc> {
     let day = t.date_naive() + Duration::days(1);
@@ -144,6 +247,39 @@ mod tests {
         assert_eq!(
             exo.estimated_finish(now, 5000, 0),
             Some(at("2026-12-01T12:46:38Z"))
+        );
+    }
+
+    #[test]
+    fn a_throttle_pauses_widens_the_gap_and_recovers() {
+        use std::time::Duration as D;
+        let t0 = tokio::time::Instant::now();
+        let mut t = Throttle::default();
+        assert_eq!(t.wait(t0), D::ZERO, "no strike, no wait");
+        assert_eq!(t.strike(t0), Some((D::from_secs(1), D::from_millis(500))));
+        // the other sends in flight answered the same way: the same strike
+        assert_eq!(t.strike(t0 + D::from_millis(100)), None);
+        assert_eq!(t.wait(t0), D::from_secs(1), "the pause");
+        assert_eq!(t.wait(t0), D::from_millis(1500), "then the gap");
+        // after the pause, a new strike: twice the pause and the gap
+        let t1 = t0 + D::from_secs(2);
+        assert_eq!(t.strike(t1), Some((D::from_secs(2), D::from_secs(1))));
+        for _ in 0..60 {
+            t.success();
+        }
+        assert_eq!(t.gap(), D::ZERO, "recovered after the server took enough");
+        let t2 = t1 + D::from_secs(10);
+        assert_eq!(t.wait(t2), D::ZERO);
+        assert_eq!(t.strike(t2), Some((D::from_secs(1), D::from_millis(500))));
+        for i in 0..20 {
+            t.strike(t2 + D::from_secs(1000 * (i + 1)));
+        }
+        assert_eq!(t.gap(), D::from_secs(60), "the gap is capped");
+        let t3 = t2 + D::from_secs(100_000);
+        assert_eq!(
+            t.strike(t3).map(|p| p.0),
+            Some(D::from_secs(300)),
+            "the pause is capped"
         );
     }
 }

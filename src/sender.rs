@@ -30,6 +30,22 @@ pub enum SendError {
     /// age; the recipient is never made undeliverable for it.
     #[error("transport: {0}")]
     Transport(String),
+    /// The server asked us to slow down (421, or 4.7.x to MAIL/RCPT/DATA): the message stays
+    /// queued without using up a retry, and the dispatcher pauses and sends more slowly.
+    #[error("throttled: {0}")]
+    Throttled(String),
+}
+
+impl SendError {
+    /// The server's (or our) words, without the kind.
+    pub fn words(&self) -> &str {
+        match self {
+            SendError::Transient(w)
+            | SendError::Permanent(w)
+            | SendError::Transport(w)
+            | SendError::Throttled(w) => w,
+        }
+    }
 }
 
 pub enum Transport {
@@ -392,11 +408,7 @@ async fn connect(
                 h.failures += 1;
                 h.until = Some(now + HoldOff::delay(h.failures));
             }
-            h.cause = match &e {
-                SendError::Transport(w) | SendError::Transient(w) | SendError::Permanent(w) => {
-                    w.clone()
-                }
-            };
+            h.cause = e.words().to_string();
             Err(e)
         }
     }
@@ -530,7 +542,9 @@ impl crate::smtp::Feed<Job> for WorkerFeed<'_> {
 /// is never made undeliverable), a permanent refusal of it (5xx to its MAIL, RCPT or DATA), or a
 /// transient one (4xx, or the connection lost during its transaction).
 fn classify(e: &crate::smtp::Error) -> SendError {
-    if e.is_transport() {
+    if e.is_throttle() {
+        SendError::Throttled(e.to_string())
+    } else if e.is_transport() {
         SendError::Transport(e.to_string())
     } else if e.is_permanent() {
         SendError::Permanent(e.to_string())
@@ -580,6 +594,23 @@ type SendResult = (OutboxItem, Result<(), SendError>);
 /// so each connection has its next message ready), a recorder writes their results in groups (one batch and one flush per group), and an
 /// item is not fetched again while it is in flight or its result is not yet recorded.
 pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: CancellationToken) {
+    run_with_clock(
+        app,
+        transport,
+        shutdown,
+        Arc::new(crate::pacing::SystemClock),
+    )
+    .await
+}
+
+/// [`run`] with the clock it reads the time from (the UTC day of `daily_limit`, when an item is
+/// due, when a result is recorded): a test runs days in seconds under tokio's paused time.
+pub async fn run_with_clock(
+    app: Arc<App>,
+    transport: Arc<Transport>,
+    shutdown: CancellationToken,
+    clock: Arc<dyn crate::pacing::Clock>,
+) {
     let (concurrency, pace) = {
         let sh = app.shared();
         (sh.cfg.concurrency, sh.cfg.pace())
@@ -590,18 +621,25 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         iv
     });
-    let mut daily = DailyCount::load(&app, Utc::now());
+    let mut daily = DailyCount::load(&app, clock.now());
+    let throttle: Arc<std::sync::Mutex<crate::pacing::Throttle>> = Arc::default();
     let in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
     let recorded = Arc::new(tokio::sync::Notify::new());
     let (tx, rx) = tokio::sync::mpsc::channel::<SendResult>(4096);
-    let recorder = tokio::spawn(record(app.clone(), rx, in_flight.clone(), recorded.clone()));
+    let recorder = tokio::spawn(record(
+        app.clone(),
+        rx,
+        in_flight.clone(),
+        recorded.clone(),
+        clock.clone(),
+    ));
     let sem = Arc::new(tokio::sync::Semaphore::new(
         transport.max_in_flight(concurrency),
     ));
     let mut sends = tokio::task::JoinSet::new();
     while !shutdown.is_cancelled() {
         while sends.try_join_next().is_some() {} // reap finished sends
-        let now = Utc::now();
+        let now = clock.now();
         // The read and the filter happen under the in-flight lock. The recorder writes a result
         // before it takes this lock to drop the id, so an item is either still marked in flight
         // here or already recorded in what we read — never neither, which would send it twice.
@@ -633,7 +671,7 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
         for item in due {
             // daily_limit: sends started this UTC day; at the limit, wait for the next day
             if pace.per_day > 0 {
-                let now = Utc::now();
+                let now = clock.now();
                 daily.roll(now);
                 if daily.started >= u64::from(pace.per_day) {
                     let wait = (crate::pacing::next_midnight(now) - now)
@@ -658,17 +696,46 @@ pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: Cancellatio
             if let Some(p) = pacing.as_mut() {
                 p.tick().await;
             }
+            // the server asked us to slow down: a pause, then a longer gap between sends
+            let wait = throttle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .wait(tokio::time::Instant::now());
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
             in_flight
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(item.id.clone());
             daily.started += 1;
             let (app, transport, tx) = (app.clone(), transport.clone(), tx.clone());
+            let throttle = throttle.clone();
             sends.spawn(async move {
                 let res = {
                     let _busy = app.heartbeats.sender.busy();
                     send_one(&app, &transport, &item).await
                 };
+                {
+                    let mut t = throttle.lock().unwrap_or_else(|p| p.into_inner());
+                    match &res {
+                        Err(SendError::Throttled(words)) => {
+                            if let Some((pause, gap)) = t.strike(tokio::time::Instant::now()) {
+                                tracing::warn!(
+                                    pause_ms = pause.as_millis() as u64,
+                                    gap_ms = gap.as_millis() as u64,
+                                    server_answer = %words,
+                                    "the server asks us to slow down: pausing, then sending more slowly"
+                                );
+                            }
+                        }
+                        Ok(()) => t.success(),
+                        Err(_) => {}
+                    }
+                }
                 let _ = tx.send((item, res)).await;
                 drop(permit);
             });
@@ -734,6 +801,7 @@ async fn record(
     mut rx: tokio::sync::mpsc::Receiver<SendResult>,
     in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     recorded: Arc<tokio::sync::Notify>,
+    clock: Arc<dyn crate::pacing::Clock>,
 ) {
     while let Some(first) = rx.recv().await {
         // Group results for up to 20 ms: one batch and one flush per group, not per message.
@@ -749,7 +817,7 @@ async fn record(
             }
         }
         let ids: Vec<String> = batch.iter().map(|(i, _)| i.id.clone()).collect();
-        if let Err(e) = app.record_sends(batch, Utc::now()).await {
+        if let Err(e) = app.record_sends(batch, clock.now()).await {
             // the items stay queued and are sent again (same Message-ID)
             tracing::error!(error = %e, "recording send results");
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -34,6 +34,14 @@ impl App {
                         item.next_attempt_at = now + to_chrono(crate::sender::backoff(item.attempts));
                         crate::metrics::Metrics::inc(&self.metrics.retried);
                     }
+                    Err(SendError::Throttled(e)) => {
+                        // The server asked us to slow down: no retry used up, the dispatcher
+                        // pauses; the message goes again right after.
+                        item.attempts -= 1;
+                        item.last_error = Some(format!("throttled: {e}"));
+                        item.next_attempt_at = now + chrono::Duration::seconds(1);
+                        crate::metrics::Metrics::inc(&self.metrics.throttled);
+                    }
                     Err(SendError::Transport(e)) => {
                         // Not this message's fault (connect, TLS, AUTH, 421, ...): it stays
                         // queued past max_age and its recipient is never made undeliverable.
@@ -52,10 +60,7 @@ impl App {
                             if let Some(mut rec) = txn.record(&item.record)? {
                                 if rec.bounce(&detail, now).is_ok() {
                                     self.save(txn, &rec)?;
-                                    let (SendError::Permanent(words)
-                                    | SendError::Transient(words)
-                                    | SendError::Transport(words)) = &e;
-                                    Self::queue_provider_notice(&sh, txn, &rec, words, now)?;
+                                    Self::queue_provider_notice(&sh, txn, &rec, e.words(), now)?;
                                     // a 5xx is a hard bounce: the address goes on the list
                                     if matches!(e, SendError::Permanent(_)) {
                                         self.suppress_after_bounce(&sh, txn, &rec, &detail, now)?;

@@ -163,6 +163,21 @@ impl Error {
         matches!(&self.failure, Failure::Reply(r) if r.code == 421 || r.code == 530)
     }
 
+    /// The server asks us to slow down: a 421 anywhere, or a 4.7.x answer to this message's
+    /// MAIL, RCPT or DATA ("too many messages", "rate limited", greylisting). Nothing is wrong
+    /// with the message or the transport; the sender waits and sends more slowly.
+    pub fn is_throttle(&self) -> bool {
+        match &self.failure {
+            Failure::Reply(r) if r.code == 421 => true,
+            Failure::Reply(r) => {
+                self.stage.is_transaction()
+                    && r.is_transient()
+                    && r.enhanced_code().is_some_and(|c| c.starts_with("4.7."))
+            }
+            _ => false,
+        }
+    }
+
     /// A 5xx to this message's MAIL, RCPT or DATA (or its end): sending it again will not help.
     pub fn is_permanent(&self) -> bool {
         !self.is_transport() && matches!(&self.failure, Failure::Reply(r) if r.is_permanent())

@@ -410,7 +410,7 @@ fn a_refused_rcpt_answered_354_gets_a_lone_dot_and_the_message_is_refused() {
 }
 
 #[test]
-fn a_421_is_the_transport_and_the_connection_is_not_reused() {
+fn a_421_slows_down_and_the_connection_is_not_reused() {
     let server = Scripted::start(Script {
         mail: "421 4.3.2 Service shutting down",
         ..Script::default()
@@ -423,8 +423,9 @@ fn a_421_is_the_transport_and_the_connection_is_not_reused() {
             &[("r@fabrikam.test".into(), message(1, "x\r\n"))],
         ));
         match &r[0] {
-            Err(SendError::Transport(e)) => assert!(e.contains("421 4.3.2"), "{e}"),
-            other => panic!("a transport error expected: {other:?}"),
+            // not the message's fault, and not a broken transport: the server asks us to wait
+            Err(SendError::Throttled(e)) => assert!(e.contains("421 4.3.2"), "{e}"),
+            other => panic!("a throttle expected: {other:?}"),
         }
     }
     assert_eq!(
@@ -433,6 +434,39 @@ fn a_421_is_the_transport_and_the_connection_is_not_reused() {
         "a new connection after the 421"
     );
     assert!(server.log().data.is_empty());
+}
+
+#[test]
+fn a_4_7_x_too_many_is_a_throttle_and_other_4xx_are_not() {
+    let server = Scripted::start(Script {
+        rcpt: |to| {
+            if to.starts_with("busy") {
+                "450 4.7.1 Too many messages from this sender, slow down"
+            } else if to.starts_with("full") {
+                "452 4.2.2 Mailbox full"
+            } else {
+                "250 2.1.5 Ok"
+            }
+        },
+        ..Script::default()
+    });
+    let pool = pool(server.port, 1, None);
+    let rt = runtime();
+    let r = rt.block_on(send_all(
+        &pool,
+        &[
+            ("busy@fabrikam.test".into(), message(1, "x\r\n")),
+            ("full@fabrikam.test".into(), message(2, "x\r\n")),
+            ("ok@fabrikam.test".into(), message(3, "x\r\n")),
+        ],
+    ));
+    assert!(
+        matches!(&r[0], Err(SendError::Throttled(e)) if e.contains("4.7.1")),
+        "{:?}",
+        r[0]
+    );
+    assert!(matches!(&r[1], Err(SendError::Transient(_))), "{:?}", r[1]);
+    assert!(r[2].is_ok(), "{:?}", r[2]);
 }
 
 #[test]
@@ -660,4 +694,84 @@ fn a_connection_is_recycled_after_max_messages_per_connection() {
         mails_per_session.iter().all(|n| *n <= 3),
         "{mails_per_session:?}"
     );
+}
+
+/// `invited_<name> N` from the metrics text.
+fn metric(d: &Daemon, name: &str) -> u64 {
+    let m = d
+        .metrics
+        .clone()
+        .unwrap_or_else(|| panic!("metrics_listen"));
+    let body = crate::harness::http(&m, "GET", "/metrics", None).body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("invited_{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no invited_{name} in {body}"))
+}
+
+#[test]
+fn a_421_slows_the_sender_down_and_loses_nothing() {
+    let port = free_port();
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut o = smtp_options(port);
+    o.http_extra = "metrics_listen = \"127.0.0.1:0\"".into();
+    let d = Daemon::start(o);
+    // "421 ... Service unavailable" and a hang-up after every MAIL FROM
+    let busy = Sink::start(port, &tmp.path().join("busy"), &["-Q", "mail"]);
+    let emails: Vec<String> = (0..30).map(|i| format!("busy{i}@fabrikam.test")).collect();
+    assert_eq!(d.invite_csv(&emails)["queued"], 30);
+    wait_for("the slow-down in the log", Duration::from_secs(20), || {
+        d.log()
+            .contains("the server asks us to slow down")
+            .then_some(())
+    });
+    // let the busy server answer for a while
+    std::thread::sleep(Duration::from_secs(6));
+    let throttled = metric(&d, "throttled_total");
+    let items = d.json(&["outbox"]);
+    let items = items.as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 30);
+    for i in &items {
+        assert_eq!(i["state"], "queued", "{i}");
+        assert_eq!(i["attempts"], 0, "a 421 uses up no retry: {i}");
+    }
+    assert!(
+        items.iter().any(|i| i["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("throttled:") && e.contains("421"))),
+        "{items:?}"
+    );
+    assert_eq!(metric(&d, "retried_total"), 0);
+    // Without slowing down, each of the 30 messages would have been offered at least once (and
+    // again after its backoff) in that time; paused and spaced, far fewer tries reach the server.
+    eprintln!("# 421 phase: {throttled} tries answered 421 while 30 messages waited");
+    assert!(throttled >= 1, "the 421s were seen");
+    assert!(
+        throttled < 30,
+        "{throttled} tries answered 421 while 30 messages waited: the sender did not slow down"
+    );
+    let log = d.log();
+    let strikes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("the server asks us to slow down"))
+        .collect();
+    assert!(
+        strikes.iter().all(|l| l.contains("421")),
+        "the server's answer is logged: {strikes:?}"
+    );
+
+    // the server takes mail again: everything goes out, once
+    drop(busy);
+    let ok = Sink::start(port, &tmp.path().join("ok"), &[]);
+    wait_for("all 30 delivered", Duration::from_secs(120), || {
+        (ok.message_ids().len() >= 30).then_some(())
+    });
+    d.wait_all_sent(Duration::from_secs(30));
+    let mut ids = ok.message_ids();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 30, "each message once");
+    for i in d.json(&["outbox"]).as_array().cloned().unwrap_or_default() {
+        assert_eq!(i["attempts"], 1, "{i}");
+    }
 }
