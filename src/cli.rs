@@ -897,6 +897,13 @@ fn print_summary(v: &Value) {
         Some(t) => println!("estimated finish at this pace: {t}"),
         None => println!("estimated finish: as fast as the server takes them (no limit set)"),
     }
+    if let Some(e) = v["transport_error"].as_str() {
+        println!(
+            "{} queued message(s) wait on the mail server, not on their recipients; latest answer: {}",
+            v["waiting_on_transport"],
+            crate::text::escape_controls(e)
+        );
+    }
 }
 
 fn print_record(v: &Value) {

@@ -198,13 +198,32 @@ impl App {
         let sh = self.shared();
         let (queued, dead) = self.outbox_gauges();
         let day = crate::pacing::start_of_day(now);
-        let sent_today = self
-            .store
-            .read()
-            .outbox_all()?
-            .iter()
-            .filter(|i| i.sent_at.is_some_and(|t| t >= day))
-            .count();
+        let mut sent_today = 0;
+        // queued items waiting on the transport (login, TLS, connection) or on a server that
+        // asked us to slow down, and the latest such answer: the operator's problem, said here
+        let mut waiting_on_transport = 0;
+        let mut transport_error: Option<(Timestamp, String)> = None;
+        for i in self.store.read().outbox_all()? {
+            if i.sent_at.is_some_and(|t| t >= day) {
+                sent_today += 1;
+            }
+            if i.state != OutboxState::Queued {
+                continue;
+            }
+            if let Some(e) = i
+                .last_error
+                .as_deref()
+                .filter(|e| e.starts_with("transport:") || e.starts_with("throttled:"))
+            {
+                waiting_on_transport += 1;
+                if transport_error
+                    .as_ref()
+                    .is_none_or(|(at, _)| i.next_attempt_at > *at)
+                {
+                    transport_error = Some((i.next_attempt_at, e.to_string()));
+                }
+            }
+        }
         let finish = sh
             .cfg
             .pace()
@@ -217,6 +236,8 @@ impl App {
             "rate_per_minute": sh.cfg.rate_per_minute,
             "daily_limit": sh.cfg.daily_limit,
             "estimated_finish": finish.map(|t| rfc3339(&t)),
+            "waiting_on_transport": waiting_on_transport,
+            "transport_error": transport_error.map(|(_, e)| e),
         }))
     }
 

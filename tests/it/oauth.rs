@@ -650,6 +650,15 @@ fn sends_through_submission_with_oauth2() {
     );
     let summary = d.json(&["outbox", "--summary"]);
     assert!(summary["queued"].as_u64().unwrap_or(0) >= 1, "{summary}");
+    assert!(
+        summary["waiting_on_transport"].as_u64().unwrap_or(0) >= 1
+            && summary["transport_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("535")),
+        "outbox --summary says the mail server is the problem: {summary}"
+    );
+    let (_, text, _) = d.cli(&["outbox", "--summary"]);
+    assert!(text.contains("wait on the mail server"), "{text}");
 
     // 5. access given back: the queued message goes out, nothing lost
     ts.with(|s| s.revoked = false);
