@@ -271,64 +271,164 @@ pub async fn pass(
     sizes.sort_unstable();
     sizes.dedup_by_key(|(uid, _)| *uid);
     let mut handled = 0;
-    for (uid, size) in sizes {
-        // one message fetched, handled and moved is one unit of work for the watchdog
+    // Messages are fetched, handled and moved in groups: one UID FETCH for a group, each message
+    // applied in its own batch, one flush for the group, one UID MOVE, one position write. An
+    // oversize message is a group of its own (only the start of its header is fetched).
+    let mut rest = &sizes[..];
+    while !rest.is_empty() {
+        let group = next_group(rest);
+        rest = &rest[group.len()..];
+        // one group fetched, handled and moved is one unit of work for the watchdog
         let _busy = app.heartbeats.inbound.busy();
-        let too_large = size.is_some_and(|s| s as usize > classify::MAX_MESSAGE_BYTES);
-        // Oversize: only the first MAX_HEAD_BYTES of the header section (a partial fetch).
+        let too_large = group.len() == 1
+            && group[0]
+                .1
+                .is_some_and(|s| s as usize > classify::MAX_MESSAGE_BYTES);
         let query = if too_large {
             format!("(UID BODY.PEEK[HEADER]<0.{}>)", classify::MAX_HEAD_BYTES)
         } else {
             "(UID BODY.PEEK[])".to_string()
         };
-        let raw = {
-            let mut fetches = session.uid_fetch(uid.to_string(), &query).await?;
-            let mut body = None;
+        let set = uid_set(group.iter().map(|(u, _)| *u));
+        let mut bodies: std::collections::HashMap<u32, Vec<u8>> = std::collections::HashMap::new();
+        {
+            let mut fetches = session.uid_fetch(&set, &query).await?;
             while let Some(f) = fetches.next().await {
                 let f = f?;
-                if f.uid == Some(uid) {
-                    let bytes = if too_large { f.header() } else { f.body() };
-                    body = bytes.map(<[u8]>::to_vec);
+                let Some(uid) = f.uid.filter(|u| group.iter().any(|(g, _)| g == u)) else {
+                    continue;
+                };
+                let bytes = if too_large { f.header() } else { f.body() };
+                if let Some(b) = bytes {
+                    bodies.insert(uid, b.to_vec());
                 }
             }
-            body
-        };
-        let Some(raw) = raw else {
-            // expunged meanwhile
-            set_position(app, &key, validity, uid).await?;
-            continue;
-        };
-        // Handled (outcome stored and flushed) first, then moved, then the position advanced: a
-        // crash in between re-reads the message, which `handle_inbound` recognises.
-        let outcome = match size {
-            Some(size) if too_large => {
-                app.handle_inbound_too_large(&raw, size.into(), Utc::now())
-                    .await
+        }
+        // in UID order; a message expunged meanwhile is simply not there
+        let present: Vec<(u32, Option<u32>)> = group
+            .iter()
+            .copied()
+            .filter(|(u, _)| bodies.contains_key(u))
+            .collect();
+        let inputs: Vec<crate::app::Inbound<'_>> = present
+            .iter()
+            .map(|(uid, size)| {
+                let raw = bodies.get(uid).map_or(&[][..], Vec::as_slice);
+                match size {
+                    Some(size) if too_large => crate::app::Inbound::TooLarge {
+                        head: raw,
+                        size: u64::from(*size),
+                    },
+                    _ => crate::app::Inbound::Whole(raw),
+                }
+            })
+            .collect();
+        // Handled (outcomes stored and flushed) first, then moved, then the position advanced: a
+        // crash in between re-reads the messages, which `handle_inbound` recognises.
+        let outcomes = app.handle_inbound_batch(&inputs, Utc::now()).await;
+        // Moved: every message handled. The position: past the group, or, when one failed, up to
+        // the one before it (the next pass reads it again, and the handled ones after it are
+        // recognised by Message-ID and only moved).
+        let mut done: Vec<u32> = Vec::with_capacity(present.len());
+        let mut error: Option<(u32, crate::app::AppError)> = None;
+        for ((uid, _), outcome) in present.iter().zip(outcomes) {
+            match outcome {
+                Ok(Some(r)) => {
+                    // the record's text is escaped at the source (`app::inbound`)
+                    tracing::info!(uid, message_id = %r.message_id, outcome = %r.outcome, effect = %r.effect, "inbound message");
+                    done.push(*uid);
+                }
+                Ok(None) => done.push(*uid),
+                Err(e) => {
+                    if error.is_none() {
+                        error = Some((*uid, e));
+                    }
+                }
             }
-            _ => app.handle_inbound(&raw, Utc::now()).await,
-        };
-        let outcome =
-            outcome.map_err(|e| anyhow!("message UID {uid} left for the next pass: {e}"))?;
-        if let Some(r) = &outcome {
-            // the record's text is escaped at the source (`app::inbound`)
-            tracing::info!(uid, message_id = %r.message_id, outcome = %r.outcome, effect = %r.effect, "inbound message");
         }
-        if can_move {
-            session
-                .uid_mv(uid.to_string(), &cfg.processed_mailbox)
-                .await
-                .with_context(|| format!("UID MOVE {uid}"))?;
-        } else {
-            session
-                .uid_store(uid.to_string(), "+FLAGS (\\Seen \\Flagged)")
-                .await?
-                .for_each(|_| async {})
-                .await;
+        if !done.is_empty() {
+            let set = uid_set(done.iter().copied());
+            if can_move {
+                session
+                    .uid_mv(&set, &cfg.processed_mailbox)
+                    .await
+                    .with_context(|| format!("UID MOVE {set}"))?;
+            } else {
+                session
+                    .uid_store(&set, "+FLAGS (\\Seen \\Flagged)")
+                    .await?
+                    .for_each(|_| async {})
+                    .await;
+            }
+            handled += done.len();
         }
-        set_position(app, &key, validity, uid).await?;
-        handled += 1;
+        if let Some((uid, e)) = error {
+            if let Some(before) = group.iter().map(|(u, _)| *u).filter(|u| *u < uid).max() {
+                set_position(app, &key, validity, before).await?;
+            }
+            return Err(anyhow!("message UID {uid} left for the next pass: {e}"));
+        }
+        // the whole group is handled (or was expunged): the position moves past it
+        if let Some((last, _)) = group.last() {
+            set_position(app, &key, validity, *last).await?;
+        }
     }
     Ok(handled)
+}
+
+/// Messages fetched together: up to `GROUP_MESSAGES` of them and `GROUP_BYTES` in all (by
+/// RFC822.SIZE); an oversize message goes alone.
+const GROUP_MESSAGES: usize = 200;
+const GROUP_BYTES: u64 = 8 * 1024 * 1024;
+
+fn next_group(sizes: &[(u32, Option<u32>)]) -> &[(u32, Option<u32>)] {
+    let oversize = |s: Option<u32>| s.is_some_and(|s| s as usize > classify::MAX_MESSAGE_BYTES);
+    if sizes.first().is_some_and(|(_, s)| oversize(*s)) {
+        return &sizes[..1];
+    }
+    let mut bytes = 0u64;
+    let mut n = 0;
+    for (_, s) in sizes.iter().take(GROUP_MESSAGES) {
+        if oversize(*s) {
+            break;
+        }
+        bytes += u64::from(s.unwrap_or(0));
+        if n > 0 && bytes > GROUP_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    &sizes[..n.max(1)]
+}
+
+/// An IMAP sequence set of UIDs, ascending: runs written as `a:b` (`1:3,7,9:10`).
+fn uid_set(uids: impl Iterator<Item = u32>) -> String {
+    let mut out = String::new();
+    let mut run: Option<(u32, u32)> = None;
+    let flush = |out: &mut String, (a, b): (u32, u32)| {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if a == b {
+            out.push_str(&a.to_string());
+        } else {
+            out.push_str(&format!("{a}:{b}"));
+        }
+    };
+    for u in uids {
+        run = match run {
+            Some((a, b)) if u == b + 1 => Some((a, u)),
+            Some(r) => {
+                flush(&mut out, r);
+                Some((u, u))
+            }
+            None => Some((u, u)),
+        };
+    }
+    if let Some(r) = run {
+        flush(&mut out, r);
+    }
+    out
 }
 
 async fn session_loop(
@@ -452,5 +552,30 @@ pub async fn run(
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_and_groups() {
+        assert_eq!(uid_set([1, 2, 3, 7, 9, 10].into_iter()), "1:3,7,9:10");
+        assert_eq!(uid_set([5].into_iter()), "5");
+        assert_eq!(uid_set(std::iter::empty()), "");
+        let big = Some(classify::MAX_MESSAGE_BYTES as u32 + 1);
+        let sizes: Vec<(u32, Option<u32>)> = (1..=450).map(|u| (u, Some(1000))).collect();
+        assert_eq!(next_group(&sizes).len(), GROUP_MESSAGES);
+        let mixed = vec![(1, Some(10)), (2, Some(10)), (3, big), (4, Some(10))];
+        assert_eq!(
+            next_group(&mixed),
+            &mixed[..2],
+            "an oversize message ends a group"
+        );
+        assert_eq!(next_group(&mixed[2..]), &mixed[2..3], "and goes alone");
+        let heavy: Vec<(u32, Option<u32>)> = (1..=10).map(|u| (u, Some(3 << 20))).collect();
+        assert_eq!(next_group(&heavy).len(), 2, "8 MiB per group");
+        assert_eq!(next_group(&[(1, None)]).len(), 1);
     }
 }

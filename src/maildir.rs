@@ -43,41 +43,55 @@ pub async fn pass(app: &App, dir: &Path) -> usize {
     };
     names.sort();
     let mut handled = 0;
-    for path in names {
+    // In groups: each message applied in its own batch, one flush for the group, then the
+    // group's files moved to cur/ (a crash before the move re-reads them; they are known).
+    for group in names.chunks(GROUP) {
         let _busy = app.heartbeats.inbound.busy();
-        let outcome = match read(&path).await {
-            Ok(Message::Whole(raw)) => app.handle_inbound(&raw, Utc::now()).await,
-            Ok(Message::TooLarge { head, size }) => {
-                app.handle_inbound_too_large(&head, size, Utc::now()).await
+        let mut read_ok: Vec<(&PathBuf, Message)> = Vec::with_capacity(group.len());
+        for path in group {
+            match read(path).await {
+                Ok(m) => read_ok.push((path, m)),
+                Err(e) => tracing::warn!(file = %shown(path), error = %e, "cannot read message"),
             }
-            Err(e) => {
-                tracing::warn!(file = %shown(&path), error = %e, "cannot read message");
-                continue;
-            }
-        };
-        match outcome {
-            Ok(outcome) => {
-                if let Some(r) = &outcome {
-                    // the record's text is escaped at the source (`app::inbound`)
-                    tracing::info!(message_id = %r.message_id, outcome = %r.outcome, effect = %r.effect, "inbound message");
+        }
+        let inputs: Vec<crate::app::Inbound<'_>> = read_ok
+            .iter()
+            .map(|(_, m)| match m {
+                Message::Whole(raw) => crate::app::Inbound::Whole(raw),
+                Message::TooLarge { head, size } => {
+                    crate::app::Inbound::TooLarge { head, size: *size }
                 }
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let dest = dir.join("cur").join(format!("{name}:2,S"));
-                if let Err(e) = tokio::fs::rename(&path, &dest).await {
-                    tracing::warn!(file = %shown(&path), error = %e, "cannot move message to cur/");
+            })
+            .collect();
+        let outcomes = app.handle_inbound_batch(&inputs, Utc::now()).await;
+        for ((path, _), outcome) in read_ok.iter().zip(outcomes) {
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(file = %shown(path), error = %e, "message left for the next pass");
+                    continue;
                 }
-                handled += 1;
+            };
+            if let Some(r) = &outcome {
+                // the record's text is escaped at the source (`app::inbound`)
+                tracing::info!(message_id = %r.message_id, outcome = %r.outcome, effect = %r.effect, "inbound message");
             }
-            Err(e) => {
-                tracing::error!(file = %shown(&path), error = %e, "message left for the next pass")
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let dest = dir.join("cur").join(format!("{name}:2,S"));
+            if let Err(e) = tokio::fs::rename(path, &dest).await {
+                tracing::warn!(file = %shown(path), error = %e, "cannot move message to cur/");
             }
+            handled += 1;
         }
     }
     handled
 }
+
+/// Messages read and handled together (one flush for them).
+const GROUP: usize = 200;
 
 enum Message {
     Whole(Vec<u8>),

@@ -6,6 +6,15 @@
 use super::*;
 use crate::text::escape_controls;
 
+/// One inbound message as a source read it.
+#[derive(Debug, Clone, Copy)]
+pub enum Inbound<'a> {
+    /// The whole message (one over `classify::MAX_MESSAGE_BYTES` is handled from its head).
+    Whole(&'a [u8]),
+    /// A message of `size` bytes over the cap, of which only `head` was read.
+    TooLarge { head: &'a [u8], size: u64 },
+}
+
 impl App {
     // ---- inbound -------------------------------------------------------------------------
 
@@ -18,16 +27,56 @@ impl App {
         raw: &[u8],
         now: Timestamp,
     ) -> Result<Option<InboundRecord>> {
-        if raw.len() > classify::MAX_MESSAGE_BYTES {
-            let head = &raw[..classify::MAX_HEAD_BYTES];
-            return self
-                .handle_inbound_too_large(head, raw.len() as u64, now)
-                .await;
+        let out = self.apply_inbound(&self.shared(), Inbound::Whole(raw), now)?;
+        if out.is_some() {
+            self.commit().await?;
         }
+        Ok(out)
+    }
+
+    /// Several messages, in order, each applied in its own atomic batch (one that fails changes
+    /// nothing and does not stop the others), all made durable by one flush at the end: what one
+    /// IMAP fetch or one maildir group brought. One result per message; when the flush fails,
+    /// every one is an error (nothing is known durable, all are handled again).
+    pub async fn handle_inbound_batch(
+        &self,
+        messages: &[Inbound<'_>],
+        now: Timestamp,
+    ) -> Vec<Result<Option<InboundRecord>>> {
         let sh = self.shared();
-        let msg = classify::classify(raw, sh.cfg.reply_to.local());
-        let key = inbound_key(&msg, raw);
-        self.record_inbound(&sh, &msg, key, now).await
+        let out: Vec<Result<Option<InboundRecord>>> = messages
+            .iter()
+            .map(|m| self.apply_inbound(&sh, *m, now))
+            .collect();
+        if out.iter().any(|r| matches!(r, Ok(Some(_)))) {
+            if let Err(e) = self.commit().await {
+                let e = e.to_string();
+                return messages
+                    .iter()
+                    .map(|_| Err(AppError::Store(StoreError::Other(e.clone()))))
+                    .collect();
+            }
+        }
+        out
+    }
+
+    fn apply_inbound(
+        &self,
+        sh: &Shared,
+        m: Inbound<'_>,
+        now: Timestamp,
+    ) -> Result<Option<InboundRecord>> {
+        match m {
+            Inbound::Whole(raw) if raw.len() > classify::MAX_MESSAGE_BYTES => {
+                self.apply_too_large(sh, &raw[..classify::MAX_HEAD_BYTES], raw.len() as u64, now)
+            }
+            Inbound::Whole(raw) => {
+                let msg = classify::classify(raw, sh.cfg.reply_to.local());
+                let key = inbound_key(&msg, raw);
+                self.record_inbound(sh, &msg, key, now)
+            }
+            Inbound::TooLarge { head, size } => self.apply_too_large(sh, head, size, now),
+        }
     }
 
     /// A message of `size` bytes, over `classify::MAX_MESSAGE_BYTES`, of which the source read
@@ -40,16 +89,30 @@ impl App {
         size: u64,
         now: Timestamp,
     ) -> Result<Option<InboundRecord>> {
+        let out = self.apply_too_large(&self.shared(), head, size, now)?;
+        if out.is_some() {
+            self.commit().await?;
+        }
+        Ok(out)
+    }
+
+    fn apply_too_large(
+        &self,
+        sh: &Shared,
+        head: &[u8],
+        size: u64,
+        now: Timestamp,
+    ) -> Result<Option<InboundRecord>> {
         let head = &head[..head.len().min(classify::MAX_HEAD_BYTES)];
-        let sh = self.shared();
         let msg = classify::classify_too_large(head, size, sh.cfg.reply_to.local());
         let mut hashed = head.to_vec();
         hashed.extend_from_slice(format!("\0size={size}").as_bytes());
         let key = inbound_key(&msg, &hashed);
-        self.record_inbound(&sh, &msg, key, now).await
+        self.record_inbound(sh, &msg, key, now)
     }
 
-    async fn record_inbound(
+    /// The outcome and its transition in one atomic batch; not yet durable (the caller commits).
+    fn record_inbound(
         &self,
         sh: &Shared,
         msg: &classify::Inbound,
@@ -83,7 +146,6 @@ impl App {
         })?;
         if let Some(r) = &out {
             self.metrics.inbound(&r.outcome);
-            self.commit().await?;
         }
         Ok(out)
     }

@@ -10,6 +10,7 @@ mod sending;
 mod suppression;
 mod timers;
 
+pub use inbound::Inbound;
 pub use suppression::{suppression_json, UnsubscribeCheck, UnsubscribeOutcome};
 
 use std::sync::{Arc, RwLock};
