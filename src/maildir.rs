@@ -47,11 +47,27 @@ pub async fn pass(app: &App, dir: &Path) -> usize {
     // group's files moved to cur/ (a crash before the move re-reads them; they are known).
     for group in names.chunks(GROUP) {
         let _busy = app.heartbeats.inbound.busy();
-        let mut read_ok: Vec<(&PathBuf, Message)> = Vec::with_capacity(group.len());
-        for path in group {
-            match read(path).await {
+        // the group's files read on one blocking thread, not one hop per file operation
+        let paths = group.to_vec();
+        let read_all = tokio::task::spawn_blocking(move || {
+            paths
+                .into_iter()
+                .map(|p| {
+                    let m = read(&p);
+                    (p, m)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(read_all) = read_all else {
+            tracing::error!("the maildir read task failed");
+            break;
+        };
+        let mut read_ok: Vec<(PathBuf, Message)> = Vec::with_capacity(group.len());
+        for (path, m) in read_all {
+            match m {
                 Ok(m) => read_ok.push((path, m)),
-                Err(e) => tracing::warn!(file = %shown(path), error = %e, "cannot read message"),
+                Err(e) => tracing::warn!(file = %shown(&path), error = %e, "cannot read message"),
             }
         }
         let inputs: Vec<crate::app::Inbound<'_>> = read_ok
@@ -64,6 +80,7 @@ pub async fn pass(app: &App, dir: &Path) -> usize {
             })
             .collect();
         let outcomes = app.handle_inbound_batch(&inputs, Utc::now()).await;
+        let mut moves = Vec::with_capacity(read_ok.len());
         for ((path, _), outcome) in read_ok.iter().zip(outcomes) {
             let outcome = match outcome {
                 Ok(o) => o,
@@ -80,12 +97,17 @@ pub async fn pass(app: &App, dir: &Path) -> usize {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let dest = dir.join("cur").join(format!("{name}:2,S"));
-            if let Err(e) = tokio::fs::rename(path, &dest).await {
-                tracing::warn!(file = %shown(path), error = %e, "cannot move message to cur/");
-            }
+            moves.push((path.clone(), dir.join("cur").join(format!("{name}:2,S"))));
             handled += 1;
         }
+        let _ = tokio::task::spawn_blocking(move || {
+            for (from, to) in moves {
+                if let Err(e) = std::fs::rename(&from, &to) {
+                    tracing::warn!(file = %shown(&from), error = %e, "cannot move message to cur/");
+                }
+            }
+        })
+        .await;
     }
     handled
 }
@@ -100,18 +122,18 @@ enum Message {
 
 /// The message at `path`, or only its head when `stat` (or the read itself, should the file
 /// grow meanwhile) says it is over the limit: memory per message stays bounded either way.
-async fn read(path: &Path) -> std::io::Result<Message> {
-    use tokio::io::AsyncReadExt;
+fn read(path: &Path) -> std::io::Result<Message> {
+    use std::io::Read;
     let limit = classify::MAX_MESSAGE_BYTES as u64;
-    let file = tokio::fs::File::open(path).await?;
-    let size = file.metadata().await?.len();
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
     let wanted = if size > limit {
         classify::MAX_HEAD_BYTES as u64
     } else {
         limit + 1
     };
     let mut raw = Vec::with_capacity(size.min(wanted) as usize);
-    file.take(wanted).read_to_end(&mut raw).await?;
+    file.take(wanted).read_to_end(&mut raw)?;
     if size <= limit && raw.len() as u64 <= limit {
         return Ok(Message::Whole(raw));
     }

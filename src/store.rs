@@ -103,6 +103,13 @@ pub struct Store {
     write_lock: Arc<Mutex<()>>,
 }
 
+/// Marks that the customer index (`c/<authorization>/<customer>`) covers every customer invitation.
+const CUSTOMER_INDEX_KEY: &[u8] = b"k/customer-index";
+
+fn customer_key(authorization: &RecordId, customer: &RecordId) -> String {
+    format!("c/{authorization}/{customer}")
+}
+
 fn ms_key(t: &Timestamp) -> String {
     format!("{:020}", t.timestamp_millis().max(0))
 }
@@ -133,6 +140,7 @@ impl Store {
             write_lock: Arc::new(Mutex::new(())),
         };
         store.check_format()?;
+        store.build_customer_index()?;
         Ok(store)
     }
 
@@ -167,6 +175,35 @@ impl Store {
                 to = FORMAT,
                 "store migrated to the current format"
             );
+        }
+        Ok(())
+    }
+
+    /// A store written before the customer index (`c/<authorization>/<customer>`): every customer
+    /// invitation gets its entry, then the mark. Adding entries an older binary ignores needs no
+    /// format change.
+    fn build_customer_index(&self) -> Result<()> {
+        if self.tree.contains_key(CUSTOMER_INDEX_KEY)? {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        for kv in self.tree.scan_prefix(b"r/") {
+            let (k, v) = kv?;
+            let r: Record = decode(&k, &v)?;
+            if let Body::CustomerInvitation(c) = &r.body {
+                batch.insert(
+                    customer_key(&c.authorization, &r.id).into_bytes(),
+                    Vec::new(),
+                );
+                n += 1;
+            }
+        }
+        batch.insert(CUSTOMER_INDEX_KEY, Vec::new());
+        self.tree.apply_batch(batch)?;
+        self.flush_blocking()?;
+        if n > 0 {
+            tracing::info!(customers = n, "store: customer index built");
         }
         Ok(())
     }
@@ -313,6 +350,9 @@ impl Txn<'_> {
             if let Some(p) = r.provider() {
                 self.insert(format!("p/{p}/{}", r.id), Vec::new());
             }
+            if let Body::CustomerInvitation(c) = &r.body {
+                self.insert(customer_key(&c.authorization, &r.id), Vec::new());
+            }
         }
         if let Body::ProviderAuthorization(a) = &r.body {
             let live_key = format!("l/{}/{}", a.provider, a.email);
@@ -358,6 +398,11 @@ impl Txn<'_> {
 
     pub fn records_for_provider(&self, provider: &str) -> Result<Vec<Record>> {
         self.records_under(&format!("p/{provider}/"))
+    }
+
+    /// The customer invitations made under one provider authorization (index `c/`).
+    pub fn customers_of(&self, authorization: &RecordId) -> Result<Vec<Record>> {
+        self.records_under(&format!("c/{authorization}/"))
     }
 
     pub fn all_records(&self) -> Result<Vec<Record>> {

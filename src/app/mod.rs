@@ -641,16 +641,13 @@ impl App {
         channel: Channel,
         now: Timestamp,
     ) -> Result<usize> {
-        let Some(provider) = authorization.provider() else {
-            return Ok(0);
-        };
         let detail = format!(
             "revoked: the provider authorization {} was {}",
             authorization.id,
             authorization.state_str()
         );
         let mut revoked = 0;
-        for mut customer in txn.records_for_provider(provider)? {
+        for mut customer in txn.customers_of(&authorization.id)? {
             let waiting = customer.customer().is_some_and(|c| {
                 c.authorization == authorization.id && c.state == CustomerState::Invited
             });
