@@ -189,6 +189,10 @@ pub struct Transition {
     pub to: String,
     pub channel: Channel,
     pub detail: String,
+    /// The Message-IDs of the emails this change queued: kept here when the outbox item and its
+    /// reply reference are pruned (`[store] retention`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub message_ids: Vec<String>,
 }
 
 macro_rules! state_enum {
@@ -491,6 +495,7 @@ impl Record {
             to: to.to_string(),
             channel,
             detail: detail.to_string(),
+            message_ids: Vec::new(),
         });
         self.updated_at = now;
     }
@@ -621,6 +626,14 @@ impl Record {
         }
         self.push("authorized", channel, "admin access removed", now);
         Ok(())
+    }
+
+    /// The one reminder before an invitation expires: a same-state history entry, which keeps
+    /// the reminder's Message-ID.
+    pub fn remind(&mut self, now: Timestamp) {
+        self.reminded = true;
+        let state = self.state_str();
+        self.push(state, Channel::Timer, "reminder sent", now);
     }
 
     /// A fresh link: the generation goes up so every older link and reply reference dies.

@@ -30,6 +30,13 @@ pub enum SendError {
     /// age; the recipient is never made undeliverable for it.
     #[error("transport: {0}")]
     Transport(String),
+    /// We could not build the message: a template that does not render (strict mode, a typo in
+    /// a configured override), a DKIM key that does not sign. The operator's fault, never the
+    /// recipient's: the item waits as a dead letter, naming the template, until it is fixed
+    /// (SIGHUP reloads templates) and the item retried (`invited outbox retry ID`); the record
+    /// is not touched and no provider is told.
+    #[error("build: {0}")]
+    Build(String),
 }
 
 pub enum Transport {
@@ -597,17 +604,7 @@ struct DailyCount {
 impl DailyCount {
     fn load(app: &App, now: chrono::DateTime<Utc>) -> DailyCount {
         let day = crate::pacing::start_of_day(now);
-        let started = app
-            .store
-            .read()
-            .outbox_all()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter(|i| i.sent_at.is_some_and(|t| t >= day))
-                    .count()
-            })
-            .unwrap_or(0) as u64;
+        let started = app.store.read().sent_since(&day).unwrap_or(0) as u64;
         DailyCount { day, started }
     }
 
@@ -668,9 +665,13 @@ async fn send_one(app: &App, transport: &Transport, item: &OutboxItem) -> Result
         templates: &sh.templates,
         dkim: sh.dkim.as_ref(),
     };
-    let bytes = sender
-        .wire_bytes(item, Utc::now())
-        .map_err(|e| SendError::Permanent(e.to_string()))?;
+    let bytes = sender.wire_bytes(item, Utc::now()).map_err(|e| {
+        SendError::Build(format!(
+            "the {} message (locale {}) could not be built: {e}",
+            item.kind.as_str(),
+            item.locale
+        ))
+    })?;
     // VERP: the envelope sender is this message's own reply address, so a bounce comes back to
     // the plus address that names it.
     let env = sender

@@ -198,13 +198,7 @@ impl App {
         let sh = self.shared();
         let (queued, dead) = self.outbox_gauges();
         let day = crate::pacing::start_of_day(now);
-        let sent_today = self
-            .store
-            .read()
-            .outbox_all()?
-            .iter()
-            .filter(|i| i.sent_at.is_some_and(|t| t >= day))
-            .count();
+        let sent_today = self.store.read().sent_since(&day)?;
         let finish = sh
             .cfg
             .pace()
@@ -226,10 +220,15 @@ impl App {
     }
 
     pub fn outbox(&self, dead_only: bool) -> Result<Vec<Value>> {
-        let items = self.store.read().outbox_all()?;
+        let read = self.store.read();
+        // `--dead` reads the dead-letter index, not every item
+        let items = if dead_only {
+            read.outbox_dead()?
+        } else {
+            read.outbox_all()?
+        };
         Ok(items
             .into_iter()
-            .filter(|i| !dead_only || i.state == OutboxState::Dead)
             .map(|i| {
                 json!({
                     "id": i.id, "message_id": i.message_id, "to": i.to, "kind": i.kind,
