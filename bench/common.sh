@@ -2,7 +2,8 @@
 # embedded default (file transport, maildir inbox, sled store), its start timed to /readyz, and
 # the numbers read from /proc. Not a script of its own.
 # env: INVITED_BIN (a daemon binary to measure instead of building this tree's release binary),
-#      STORE_EXTRA (lines added under [store], e.g. 'cache_capacity = 8388608')
+#      STORE_EXTRA (lines added under [store], e.g. 'cache_capacity = 8388608'),
+#      PACE=N (rate_per_second = N: the sender all but idle, to measure the enqueue alone)
 
 BIN=${INVITED_BIN:-target/release/invited}
 [ -n "${INVITED_BIN:-}" ] || cargo build --release -q
@@ -48,6 +49,7 @@ reply_to = "replies@invited.test"
 [mail.outbound]
 transport = "file"
 dir = "$d/outbox"
+${PACE:+rate_per_second = $PACE}
 [mail.inbound]
 source = "maildir"
 dir = "$d/inbox"

@@ -524,18 +524,6 @@ impl Txn<'_> {
         }
     }
 
-    /// The dead letters, from their index (`d/`), oldest key first.
-    pub fn outbox_dead(&self) -> Result<Vec<OutboxItem>> {
-        let mut out = Vec::new();
-        for (k, _) in self.scan(b"d/")? {
-            let id = String::from_utf8_lossy(&k[2..]).into_owned();
-            if let Some(item) = self.outbox_item(&id)? {
-                out.push(item);
-            }
-        }
-        Ok(out)
-    }
-
     /// How many items were sent at or after `since` (a key count over the sent-time index).
     pub fn sent_since(&self, since: &Timestamp) -> Result<usize> {
         let start = format!("t/{}", ms_key(since));
@@ -760,6 +748,71 @@ impl Txn<'_> {
     }
 }
 
+/// One entry at a time, for lists and exports that stream instead of holding everything.
+impl Store {
+    /// Every record (or one provider's, through its index), in key order.
+    pub fn each_record(
+        &self,
+        provider: Option<&str>,
+        mut f: impl FnMut(Record) -> Result<()>,
+    ) -> Result<()> {
+        match provider {
+            None => {
+                for kv in self.tree.scan_prefix(b"r/") {
+                    let (k, v) = kv?;
+                    f(decode(&k, &v)?)?;
+                }
+            }
+            Some(p) => {
+                let prefix = format!("p/{p}/");
+                let read = self.read();
+                for k in self.tree.scan_prefix(prefix.as_bytes()).keys() {
+                    let k = k?;
+                    let id = std::str::from_utf8(&k[prefix.len()..])
+                        .ok()
+                        .and_then(RecordId::parse);
+                    if let Some(r) = id.map(|id| read.record(&id)).transpose()?.flatten() {
+                        f(r)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every outbox item in key order, or the dead letters from their index.
+    pub fn each_outbox(
+        &self,
+        dead_only: bool,
+        mut f: impl FnMut(OutboxItem) -> Result<()>,
+    ) -> Result<()> {
+        if dead_only {
+            let read = self.read();
+            for k in self.tree.scan_prefix(b"d/").keys() {
+                let k = k?;
+                if let Some(item) = read.outbox_item(&String::from_utf8_lossy(&k[2..]))? {
+                    f(item)?;
+                }
+            }
+        } else {
+            for kv in self.tree.scan_prefix(b"o/") {
+                let (k, v) = kv?;
+                f(decode(&k, &v)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every inbound outcome, in arrival order.
+    pub fn each_inbound(&self, mut f: impl FnMut(InboundRecord) -> Result<()>) -> Result<()> {
+        for kv in self.tree.scan_prefix(b"j/") {
+            let (k, v) = kv?;
+            f(decode(&k, &v)?)?;
+        }
+        Ok(())
+    }
+}
+
 impl Store {
     pub fn outbox_depth(&self) -> usize {
         self.counts.queued.load(Ordering::Relaxed).max(0) as usize
@@ -771,5 +824,162 @@ impl Store {
 
     pub fn next_seq(&self) -> Result<u64> {
         Ok(self.db.generate_id()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{MailFieldsV1, MailKind, OutboxState};
+    use chrono::{TimeZone, Utc};
+
+    fn item(reference: &str, at: Timestamp) -> OutboxItem {
+        let to = Email::parse("a@fabrikam.test").unwrap_or_else(|e| panic!("{e}"));
+        OutboxItem::queued(
+            reference.to_string(),
+            "invited.test",
+            &to,
+            "",
+            MailKind::TestEmail,
+            "en-US",
+            RecordId([0; 16]),
+            MailFieldsV1::default(),
+            None,
+            at,
+        )
+    }
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, 1 << 20).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The clock is a parameter: items "sent" on given days, pruned against a given cutoff.
+    #[test]
+    fn sent_items_and_their_refs_go_after_the_retention_and_the_counts_follow() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = open(dir.path());
+        let day = |d: u32| {
+            Utc.with_ymd_and_hms(2026, 11, d, 12, 0, 0)
+                .single()
+                .unwrap_or_else(|| panic!("day {d}"))
+        };
+        store
+            .write(|txn| -> Result<()> {
+                for (i, d) in [1u32, 2, 3, 20].iter().enumerate() {
+                    let r = format!("ref{i}");
+                    let mut it = item(&r, day(*d));
+                    txn.put_new_outbox(&it);
+                    txn.put_ref(
+                        &r,
+                        &MessageRef {
+                            record: RecordId([0; 16]),
+                            purpose: None,
+                            generation: 0,
+                            message_id: it.message_id.clone(),
+                        },
+                    );
+                    it.state = OutboxState::Sent;
+                    it.sent_at = Some(day(*d));
+                    txn.put_outbox(&it)?;
+                }
+                txn.put_new_outbox(&item("queued", day(1)));
+                let mut dead = item("dead", day(1));
+                dead.state = OutboxState::Dead;
+                txn.put_outbox(&dead)?;
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((store.outbox_depth(), store.outbox_dead_count()), (1, 1));
+        assert_eq!(store.read().sent_since(&day(2)).unwrap_or(0), 3);
+
+        // cutoff the 10th: the three sent before go with their refs, in batches of two
+        let cutoff = day(10);
+        let first = store
+            .write(|txn| txn.prune_sent(&cutoff, 2))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let second = store
+            .write(|txn| txn.prune_sent(&cutoff, 2))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((first, second), (2, 1));
+        let read = store.read();
+        for r in ["ref0", "ref1", "ref2"] {
+            assert!(read.outbox_item(r).unwrap_or_default().is_none(), "{r}");
+            assert!(read.message_ref(r).unwrap_or_default().is_none(), "{r}");
+        }
+        // the newer sent item, the queued and the dead one stay
+        for r in ["ref3", "queued", "dead"] {
+            assert!(read.outbox_item(r).unwrap_or_default().is_some(), "{r}");
+        }
+        assert!(read.message_ref("ref3").unwrap_or_default().is_some());
+        assert_eq!(read.sent_since(&day(1)).unwrap_or(0), 1);
+        assert_eq!((store.outbox_depth(), store.outbox_dead_count()), (1, 1));
+
+        // counted again from the keys when the store is opened next
+        drop(read);
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!((store.outbox_depth(), store.outbox_dead_count()), (1, 1));
+    }
+
+    #[test]
+    fn inbound_outcomes_go_after_the_retention_with_their_seen_marks() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = open(dir.path());
+        let rec = |at: &str| InboundRecord {
+            message_id: format!("m-{at}"),
+            from: "a@fabrikam.test".into(),
+            received_at: at.into(),
+            outcome: "unrecognised".into(),
+            record: None,
+            effect: String::new(),
+        };
+        store
+            .write(|txn| -> Result<()> {
+                txn.put_inbound("old", 1, &rec("2026-11-01T00:00:00Z"));
+                txn.put_inbound("new", 2, &rec("2026-11-20T00:00:00Z"));
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cutoff = Utc
+            .with_ymd_and_hms(2026, 11, 10, 0, 0, 0)
+            .single()
+            .unwrap_or_else(|| panic!("cutoff"));
+        let n = store
+            .write(|txn| txn.prune_inbound(&cutoff, 100))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n, 1);
+        let read = store.read();
+        assert!(!read.inbound_seen("old").unwrap_or(true));
+        assert!(read.inbound_seen("new").unwrap_or(false));
+        let left = read.inbound_all().unwrap_or_default();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].message_id, "m-2026-11-20T00:00:00Z");
+    }
+
+    /// A store written before the sent-time index gets it when opened.
+    #[test]
+    fn the_sent_index_is_built_for_an_older_store() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let at = Utc
+            .with_ymd_and_hms(2026, 11, 1, 12, 0, 0)
+            .single()
+            .unwrap_or_else(|| panic!("at"));
+        {
+            let store = open(dir.path());
+            store
+                .write(|txn| -> Result<()> {
+                    let mut it = item("sent", at);
+                    it.state = OutboxState::Sent;
+                    it.sent_at = Some(at);
+                    // as an older binary wrote it: the item, no `t/` entry
+                    txn.insert("o/sent", encode(&it));
+                    txn.remove(SENT_INDEX_KEY.to_vec());
+                    Ok(())
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+            store.flush_blocking().unwrap_or_else(|e| panic!("{e}"));
+        }
+        let store = open(dir.path());
+        assert_eq!(store.read().sent_since(&at).unwrap_or(0), 1);
     }
 }
