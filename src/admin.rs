@@ -237,7 +237,7 @@ async fn list(
     State(st): S,
     Path(what): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> R {
+) -> Result<Response, AppError> {
     let provider = q.get("provider").map(String::as_str);
     let out = match what.as_str() {
         "resellers" => {
@@ -254,11 +254,72 @@ async fn list(
             })?;
             st.app.providers_of(e)?
         }
-        _ => st
-            .app
-            .list(&what, provider, q.get("state").map(String::as_str))?,
+        _ => {
+            let (app, state) = (st.app.clone(), q.get("state").cloned());
+            let provider = provider.map(str::to_string);
+            // the arguments are checked before the answer starts
+            app.list_ids(&[what.as_str()], provider.as_deref(), state.as_deref())?;
+            return Ok(stream_array(move |emit| {
+                app.emit_list(
+                    &[what.as_str()],
+                    provider.as_deref(),
+                    state.as_deref(),
+                    emit,
+                )
+            }));
+        }
     };
-    to_value(out)
+    Ok(Json(out).into_response())
+}
+
+/// A JSON array made on the blocking pool and sent while it is made, in chunks of about
+/// 64 KiB: a list or export of 100,000 records is never held whole, by the daemon nor by a
+/// slow reader (the channel holds at most four chunks). `produce` hands each element to
+/// `emit`, which says false once the client has gone. A store error after the first byte can
+/// only cut the answer short, which the client sees as a broken response.
+fn stream_array(
+    produce: impl FnOnce(&mut dyn FnMut(Value) -> bool) -> Result<(), AppError> + Send + 'static,
+) -> Response {
+    use axum::body::{Body, Bytes};
+    const CHUNK: usize = 64 * 1024;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(CHUNK + 4096);
+        buf.push(b'[');
+        let mut first = true;
+        let mut open = true;
+        let result = produce(&mut |v: Value| {
+            if !first {
+                buf.push(b',');
+            }
+            first = false;
+            // our own values: serialising cannot fail
+            let _ = serde_json::to_writer(&mut buf, &v);
+            if buf.len() >= CHUNK {
+                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + 4096));
+                open = tx.blocking_send(Ok(Bytes::from(chunk))).is_ok();
+            }
+            open
+        });
+        match result {
+            Ok(()) => {
+                buf.push(b']');
+                let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a streamed answer was cut short");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }));
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 async fn show(State(st): S, Path(id): Path<String>) -> R {
@@ -276,8 +337,9 @@ async fn record_op(State(st): S, h: HeaderMap, Path((id, op)): Path<(String, Str
     to_value(crate::app::record_json(&rec, true))
 }
 
-async fn outbox(State(st): S, Query(q): Query<HashMap<String, String>>) -> R {
-    to_value(st.app.outbox(q.get("dead").is_some_and(|v| v == "true"))?)
+async fn outbox(State(st): S, Query(q): Query<HashMap<String, String>>) -> Response {
+    let (app, dead) = (st.app.clone(), q.get("dead").is_some_and(|v| v == "true"));
+    stream_array(move |emit| app.emit_outbox(dead, emit))
 }
 
 async fn outbox_summary(State(st): S) -> R {
@@ -301,8 +363,15 @@ async fn outbox_retry(State(st): S, Path(id): Path<String>) -> R {
     to_value(st.app.outbox_retry(&id, Utc::now()).await?)
 }
 
-async fn inbound(State(st): S, Query(q): Query<HashMap<String, String>>) -> R {
-    to_value(st.app.inbound(q.get("outcome").map(String::as_str))?)
+async fn inbound(
+    State(st): S,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, AppError> {
+    let (app, outcome) = (st.app.clone(), q.get("outcome").cloned());
+    App::check_outcome(outcome.as_deref())?;
+    Ok(stream_array(move |emit| {
+        app.emit_inbound(outcome.as_deref(), emit)
+    }))
 }
 
 async fn suppressions(State(st): S, Query(q): Query<HashMap<String, String>>) -> R {
@@ -330,10 +399,15 @@ async fn backup(State(st): S) -> Result<Response, AppError> {
         .into_response())
 }
 
-async fn export(State(st): S) -> R {
-    let mut all = Vec::new();
-    for what in ["enrollments", "invitations", "customers"] {
-        all.extend(st.app.list(what, None, None)?);
-    }
-    to_value(all)
+/// Every record: enrollments, invitations, customers, each in creation order; streamed.
+async fn export(State(st): S) -> Response {
+    let app = st.app.clone();
+    stream_array(move |emit| {
+        app.emit_list(
+            &["enrollments", "invitations", "customers"],
+            None,
+            None,
+            emit,
+        )
+    })
 }

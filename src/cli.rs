@@ -736,7 +736,17 @@ fn read_enrollment(file: &Path) -> anyhow::Result<Value> {
     Ok(serde_json::to_value(parsed)?)
 }
 
-const CHUNK: usize = 2000;
+/// Rows per request: each is committed (and flushed) before the daemon answers, so a chunk is
+/// what a crash can lose at most, and what the progress bar advances by.
+const CHUNK: usize = 1000;
+
+/// How long the bar waits for the queue to move before it leaves the sending to the daemon
+/// (a transport that is down, a retry backoff, a pace limit).
+const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Past this, the pace (`rate_per_minute`, `daily_limit`) makes waiting pointless: the command
+/// prints the estimated finish instead of a sending bar.
+const SEND_WAIT_LIMIT: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow::Result<Value> {
     let data = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -777,45 +787,56 @@ async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow
             }
         }
     }
+    drop(data);
     let total = rows.len();
+    // the progress bar: only for a person at a terminal, never with --json
     let tty = std::io::stderr().is_terminal() && !j;
     let (mut queued, mut existing, mut rejected) = (0u64, 0u64, local_rejects.len() as u64);
     let mut suppressed = 0u64;
     let mut out_rows: Vec<Value> = local_rejects;
-    let mut done = 0usize;
-    for chunk in rows.chunks(CHUNK) {
+    let bar = tty.then(|| progress_bar(total as u64, "rows committed"));
+    // each chunk's rows are dropped once sent, so the CLI holds the answer, not the CSV twice
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Value> = rows.by_ref().take(CHUNK).collect();
         let v = call(
             sock,
             "POST",
             "/v1/invite/bulk",
             Some(&json!({"provider": provider, "rows": chunk})),
         )
-        .await?;
+        .await;
+        let v = match v {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(b) = &bar {
+                    b.abandon();
+                }
+                return Err(e);
+            }
+        };
         queued += v["queued"].as_u64().unwrap_or(0);
         existing += v["existing"].as_u64().unwrap_or(0);
         rejected += v["rejected"].as_u64().unwrap_or(0);
         suppressed += v["suppressed"].as_u64().unwrap_or(0);
-        out_rows.extend(v["rows"].as_array().cloned().unwrap_or_default());
-        done += chunk.len();
-        if tty {
-            let width = 30;
-            let filled = done * width / total.max(1);
-            eprint!(
-                "\r[{}{}] {done}/{total} rows",
-                "#".repeat(filled),
-                "-".repeat(width - filled)
-            );
-            let _ = std::io::stderr().flush();
+        if let Value::Array(r) = v.get("rows").cloned().unwrap_or_default() {
+            out_rows.extend(r);
+        }
+        if let Some(b) = &bar {
+            b.inc(chunk.len() as u64);
         }
     }
-    if tty {
-        eprintln!();
+    if let Some(b) = &bar {
+        b.finish();
     }
     out_rows.sort_by_key(|r| r["line"].as_u64().unwrap_or(0));
     // when the whole outbox (these rows and whatever was queued before) will have gone out at
     // the configured pace; null when no limit is set
     let summary = call(sock, "GET", "/v1/outbox-summary", None).await?;
     let finish = summary["estimated_finish"].clone();
+    if tty && queued > 0 {
+        follow_sending(sock, &summary).await?;
+    }
     let v = json!({"queued": queued, "existing": existing, "rejected": rejected, "suppressed": suppressed, "estimated_finish": finish, "rows": out_rows});
     if !j {
         for r in v["rows"].as_array().into_iter().flatten() {
@@ -843,6 +864,64 @@ async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow
         }
     }
     Ok(v)
+}
+
+/// A bar on stderr: `[####----] 4000/10000 rows committed, 2,000/s, ETA 3s`.
+fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "[{{bar:30}}] {{pos}}/{{len}} {what}, {{per_sec}}, ETA {{eta}}"
+    ))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("#>-");
+    bar.set_style(style);
+    bar
+}
+
+/// After the rows are committed, on a terminal: the outbox draining (everything queued when
+/// the rows were committed, theirs included, since it goes out oldest first), until it is
+/// empty, it stops moving for [`SEND_STALL`], or Ctrl-C; the daemon sends on regardless.
+/// Not when the pace puts the finish more than [`SEND_WAIT_LIMIT`] away.
+async fn follow_sending(sock: &Path, summary: &Value) -> anyhow::Result<()> {
+    let start = summary["queued"].as_u64().unwrap_or(0);
+    let far = summary["estimated_finish"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| t.with_timezone(&chrono::Utc) - chrono::Utc::now() > SEND_WAIT_LIMIT);
+    if start == 0 || far {
+        return Ok(());
+    }
+    let bar = progress_bar(start, "messages sent");
+    let mut last = (start, std::time::Instant::now());
+    let stopped = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break true,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+        }
+        let s = call(sock, "GET", "/v1/outbox-summary", None).await?;
+        let left = s["queued"].as_u64().unwrap_or(0);
+        bar.set_position(start.saturating_sub(left));
+        if left == 0 {
+            break false;
+        }
+        if left < last.0 {
+            last = (left, std::time::Instant::now());
+        } else if last.1.elapsed() > SEND_STALL {
+            break true;
+        }
+    };
+    if stopped {
+        bar.abandon();
+        eprintln!(
+            "sending goes on in the daemon (`invited outbox --summary` shows where it stands)"
+        );
+    } else {
+        bar.finish();
+    }
+    Ok(())
 }
 
 /// A string field of an answer, with control characters and bidi overrides made visible: names,

@@ -31,6 +31,7 @@ struct Raw {
 struct RawStore {
     path: String,
     cache_capacity: Option<u64>,
+    retention: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -307,6 +308,9 @@ pub struct Config {
     pub missing_credentials: Vec<(String, String)>,
     pub store_path: PathBuf,
     pub cache_capacity: u64,
+    /// `[store] retention`: sent outbox items, their reply references and inbound outcomes
+    /// older than this are pruned (the record's history keeps each Message-ID).
+    pub retention: Duration,
     pub http_listen: SocketAddr,
     pub public_url: String,
     pub body_limit: usize,
@@ -1044,6 +1048,7 @@ impl Config {
             path: path.to_path_buf(),
             store_path: resolve(&raw.store.path),
             cache_capacity: raw.store.cache_capacity.unwrap_or(16 * 1024 * 1024),
+            retention: dur("store.retention", &raw.store.retention, "30d")?,
             http_listen,
             public_url,
             body_limit: raw.http.body_limit.unwrap_or(64 * 1024),

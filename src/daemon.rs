@@ -230,6 +230,22 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             }
         });
     }
+    {
+        // `[store] retention`: the store stays bounded
+        let app = app.clone();
+        let sd = shutdown.clone();
+        tracker.spawn(async move {
+            loop {
+                if let Err(e) = app.prune(Utc::now()).await {
+                    tracing::error!(error = %e, "pruning the store");
+                }
+                tokio::select! {
+                    _ = sd.cancelled() => break,
+                    _ = tokio::time::sleep(app.prune_interval()) => {}
+                }
+            }
+        });
+    }
     let notifier = Arc::new(Notifier::from_env());
     tracker.spawn(supervise(app.clone(), notifier.clone(), shutdown.clone()));
     tracker.close();

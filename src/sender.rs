@@ -34,6 +34,13 @@ pub enum SendError {
     /// queued without using up a retry, and the dispatcher pauses and sends more slowly.
     #[error("throttled: {0}")]
     Throttled(String),
+    /// We could not build the message: a template that does not render (strict mode, a typo in
+    /// a configured override), a DKIM key that does not sign. The operator's fault, never the
+    /// recipient's: the item waits as a dead letter, naming the template, until it is fixed
+    /// (SIGHUP reloads templates) and the item retried (`invited outbox retry ID`); the record
+    /// is not touched and no provider is told.
+    #[error("build: {0}")]
+    Build(String),
 }
 
 impl SendError {
@@ -43,7 +50,8 @@ impl SendError {
             SendError::Transient(w)
             | SendError::Permanent(w)
             | SendError::Transport(w)
-            | SendError::Throttled(w) => w,
+            | SendError::Throttled(w)
+            | SendError::Build(w) => w,
         }
     }
 }
@@ -770,17 +778,7 @@ struct DailyCount {
 impl DailyCount {
     fn load(app: &App, now: chrono::DateTime<Utc>) -> DailyCount {
         let day = crate::pacing::start_of_day(now);
-        let started = app
-            .store
-            .read()
-            .outbox_all()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter(|i| i.sent_at.is_some_and(|t| t >= day))
-                    .count()
-            })
-            .unwrap_or(0) as u64;
+        let started = app.store.read().sent_since(&day).unwrap_or(0) as u64;
         DailyCount { day, started }
     }
 
@@ -842,9 +840,13 @@ async fn send_one(app: &App, transport: &Transport, item: &OutboxItem) -> Result
         templates: &sh.templates,
         dkim: sh.dkim.as_ref(),
     };
-    let bytes = sender
-        .wire_bytes(item, Utc::now())
-        .map_err(|e| SendError::Permanent(e.to_string()))?;
+    let bytes = sender.wire_bytes(item, Utc::now()).map_err(|e| {
+        SendError::Build(format!(
+            "the {} message (locale {}) could not be built: {e}",
+            item.kind.as_str(),
+            item.locale
+        ))
+    })?;
     // VERP: the envelope sender is this message's own reply address, so a bounce comes back to
     // the plus address that names it.
     let env = sender

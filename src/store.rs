@@ -2,8 +2,9 @@
 //! timers. The only module that knows sled. Every change is one atomic batch under one write lock,
 //! and callers flush (`Store::flush`) before they acknowledge anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -101,6 +102,9 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     write_lock: Arc<Mutex<()>>,
+    /// Queued (`q/`) and dead (`d/`) outbox items, counted once at open and kept by every batch
+    /// (`Txn::put_outbox`), so the gauges, STATUS and a bulk command's progress never scan.
+    counts: Arc<OutboxCounts>,
 }
 
 /// Marks that the customer index (`c/<authorization>/<customer>`) covers every customer invitation.
@@ -109,6 +113,24 @@ const CUSTOMER_INDEX_KEY: &[u8] = b"k/customer-index";
 fn customer_key(authorization: &RecordId, customer: &RecordId) -> String {
     format!("c/{authorization}/{customer}")
 }
+
+#[derive(Default)]
+struct OutboxCounts {
+    queued: AtomicI64,
+    dead: AtomicI64,
+}
+
+/// What one pruning pass removed (`Txn::prune_sent`, `Txn::prune_inbound`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    /// sent outbox items, with their reply references
+    pub sent: usize,
+    pub inbound: usize,
+}
+
+/// Marks that the sent-time index (`t/<sent-ms>/<ref>`) covers every sent item: built once
+/// from the items when a store written without it is opened.
+const SENT_INDEX_KEY: &[u8] = b"k/sent-index";
 
 fn ms_key(t: &Timestamp) -> String {
     format!("{:020}", t.timestamp_millis().max(0))
@@ -138,10 +160,50 @@ impl Store {
             db,
             tree,
             write_lock: Arc::new(Mutex::new(())),
+            counts: Arc::default(),
         };
         store.check_format()?;
         store.build_customer_index()?;
+        store.build_sent_index()?;
+        store.count_outbox();
         Ok(store)
+    }
+
+    /// Counts the queued and dead items once (a key scan each), for the counters.
+    fn count_outbox(&self) {
+        let queued = self.tree.scan_prefix(b"q/").keys().count();
+        let dead = self.tree.scan_prefix(b"d/").keys().count();
+        self.counts.queued.store(queued as i64, Ordering::Relaxed);
+        self.counts.dead.store(dead as i64, Ordering::Relaxed);
+    }
+
+    /// A store written before the sent-time index: every sent item gets its `t/` entry (in
+    /// batches), then the mark. Without it those items would never be pruned nor counted as
+    /// sent today; an older binary that ignores the index leaves only that, so no format bump.
+    fn build_sent_index(&self) -> Result<()> {
+        if self.tree.contains_key(SENT_INDEX_KEY)? {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        for kv in self.tree.scan_prefix(b"o/") {
+            let (k, v) = kv?;
+            let item: OutboxItem = decode(&k, &v)?;
+            if let (crate::outbox::OutboxState::Sent, Some(at)) = (item.state, item.sent_at) {
+                batch.insert(sent_key(&at, &item.id).into_bytes(), Vec::new());
+                n += 1;
+                if n.is_multiple_of(1000) {
+                    self.tree.apply_batch(std::mem::take(&mut batch))?;
+                }
+            }
+        }
+        batch.insert(SENT_INDEX_KEY, b"1".to_vec());
+        self.tree.apply_batch(batch)?;
+        self.flush_blocking()?;
+        if n > 0 {
+            tracing::info!(items = n, "store: sent-time index built");
+        }
+        Ok(())
     }
 
     /// The store's format, migrated to [`FORMAT`] if older (once: the mark is written with the
@@ -228,10 +290,7 @@ impl Store {
         f: impl FnOnce(&mut Txn) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut txn = Txn {
-            tree: &self.tree,
-            overlay: BTreeMap::new(),
-        };
+        let mut txn = Txn::new(&self.tree);
         let out = f(&mut txn)?;
         let mut batch = sled::Batch::default();
         for (k, v) in txn.overlay {
@@ -241,6 +300,7 @@ impl Store {
             }
         }
         self.tree.apply_batch(batch).map_err(StoreError::from)?;
+        self.counts.add(txn.counted);
         Ok(out)
     }
 
@@ -280,10 +340,7 @@ impl Store {
 
     /// A read-only view of committed data.
     pub fn read(&self) -> Txn<'_> {
-        Txn {
-            tree: &self.tree,
-            overlay: BTreeMap::new(),
-        }
+        Txn::new(&self.tree)
     }
 
     pub fn is_open(&self) -> bool {
@@ -295,6 +352,29 @@ impl Store {
 pub struct Txn<'a> {
     tree: &'a sled::Tree,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// How this batch changes the queued and dead counts, applied once it is written.
+    counted: (i64, i64),
+}
+
+impl OutboxCounts {
+    fn add(&self, (queued, dead): (i64, i64)) {
+        self.queued.fetch_add(queued, Ordering::Relaxed);
+        self.dead.fetch_add(dead, Ordering::Relaxed);
+    }
+}
+
+fn sent_key(at: &Timestamp, id: &str) -> String {
+    format!("t/{}/{id}", ms_key(at))
+}
+
+impl<'a> Txn<'a> {
+    fn new(tree: &'a sled::Tree) -> Txn<'a> {
+        Txn {
+            tree,
+            overlay: BTreeMap::new(),
+            counted: (0, 0),
+        }
+    }
 }
 
 impl Txn<'_> {
@@ -345,7 +425,18 @@ impl Txn<'_> {
     /// authorization per (provider, email).
     pub fn put_record(&mut self, r: &Record) -> Result<()> {
         let key = format!("r/{}", r.id);
-        if self.get(key.as_bytes())?.is_none() {
+        let new = self.get(key.as_bytes())?.is_none();
+        self.write_record(r, key, new)
+    }
+
+    /// [`put_record`](Self::put_record) for a record made in this batch (`Record::new`: a fresh
+    /// random id), without looking for an older copy: a bulk CSV writes 100,000 of these.
+    pub fn put_new_record(&mut self, r: &Record) -> Result<()> {
+        self.write_record(r, format!("r/{}", r.id), true)
+    }
+
+    fn write_record(&mut self, r: &Record, key: String, new: bool) -> Result<()> {
+        if new {
             self.insert(format!("e/{}/{}", r.recipient(), r.id), Vec::new());
             if let Some(p) = r.provider() {
                 self.insert(format!("p/{p}/{}", r.id), Vec::new());
@@ -363,11 +454,25 @@ impl Txn<'_> {
             );
             if live {
                 self.insert(live_key, r.id.0.to_vec());
-            } else if self.get(live_key.as_bytes())?.as_deref() == Some(&r.id.0[..]) {
+            } else if !new && self.get(live_key.as_bytes())?.as_deref() == Some(&r.id.0[..]) {
                 self.remove(live_key);
             }
         }
         self.insert(key, encode(r));
+        Ok(())
+    }
+
+    /// Adds a queued message's Message-ID to the record's latest history entry (the change that
+    /// caused it), so the history keeps it after the outbox item and its reference are pruned.
+    pub fn note_message(&mut self, id: &RecordId, message_id: &str) -> Result<()> {
+        let key = format!("r/{id}");
+        let Some(mut r) = self.get_json::<Record>(key.as_bytes())? else {
+            return Ok(()); // a test email: no record
+        };
+        if let Some(last) = r.history.last_mut() {
+            last.message_ids.push(message_id.to_string());
+            self.insert(key, encode(&r));
+        }
         Ok(())
     }
 
@@ -414,23 +519,65 @@ impl Txn<'_> {
 
     // ---- outbox --------------------------------------------------------------------------
 
-    /// Queues a message; it becomes due at `item.next_attempt_at`.
+    /// Queues a message; it becomes due at `item.next_attempt_at`. Keeps the queue schedule
+    /// (`q/`), the dead-letter index (`d/`), the sent-time index (`t/`) and the counts.
     pub fn put_outbox(&mut self, item: &OutboxItem) -> Result<()> {
+        use crate::outbox::OutboxState;
         let key = format!("o/{}", item.id);
         if let Some(old) = self.get_json::<OutboxItem>(key.as_bytes())? {
-            self.remove(format!("q/{}/{}", ms_key(&old.next_attempt_at), old.id));
-            self.remove(format!("d/{}", old.id));
+            match (old.state, old.sent_at) {
+                (OutboxState::Queued, _) => {
+                    self.remove(format!("q/{}/{}", ms_key(&old.next_attempt_at), old.id));
+                    self.counted.0 -= 1;
+                }
+                (OutboxState::Dead, _) => {
+                    self.remove(format!("d/{}", old.id));
+                    self.counted.1 -= 1;
+                }
+                (OutboxState::Sent, Some(at)) => self.remove(sent_key(&at, &old.id)),
+                (OutboxState::Sent, None) => {}
+            }
         }
-        match item.state {
-            crate::outbox::OutboxState::Queued => self.insert(
-                format!("q/{}/{}", ms_key(&item.next_attempt_at), item.id),
-                Vec::new(),
-            ),
-            crate::outbox::OutboxState::Dead => self.insert(format!("d/{}", item.id), Vec::new()),
-            crate::outbox::OutboxState::Sent => {}
-        }
+        self.index_outbox(item);
         self.insert(key, encode(item));
         Ok(())
+    }
+
+    /// [`put_outbox`](Self::put_outbox) for a message made in this batch (a fresh random
+    /// `<ref>`), without looking for an older copy.
+    pub fn put_new_outbox(&mut self, item: &OutboxItem) {
+        self.index_outbox(item);
+        self.insert(format!("o/{}", item.id), encode(item));
+    }
+
+    fn index_outbox(&mut self, item: &OutboxItem) {
+        use crate::outbox::OutboxState;
+        match (item.state, item.sent_at) {
+            (OutboxState::Queued, _) => {
+                self.insert(
+                    format!("q/{}/{}", ms_key(&item.next_attempt_at), item.id),
+                    Vec::new(),
+                );
+                self.counted.0 += 1;
+            }
+            (OutboxState::Dead, _) => {
+                self.insert(format!("d/{}", item.id), Vec::new());
+                self.counted.1 += 1;
+            }
+            (OutboxState::Sent, Some(at)) => self.insert(sent_key(&at, &item.id), Vec::new()),
+            (OutboxState::Sent, None) => {}
+        }
+    }
+
+    /// How many items were sent at or after `since` (a key count over the sent-time index).
+    pub fn sent_since(&self, since: &Timestamp) -> Result<usize> {
+        let start = format!("t/{}", ms_key(since));
+        let mut n = 0;
+        for k in self.tree.range(start.into_bytes()..b"t0".to_vec()).keys() {
+            k?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     pub fn outbox_item(&self, id: &str) -> Result<Option<OutboxItem>> {
@@ -500,6 +647,67 @@ impl Txn<'_> {
             .into_iter()
             .map(|(k, v)| decode(&k, &v))
             .collect()
+    }
+
+    // ---- pruning (`[store] retention`) -----------------------------------------------------
+
+    /// Removes up to `limit` items sent before `before`: the outbox item, its reply reference
+    /// (`m/`) and its `t/` entry. Oldest first, from the sent-time index.
+    pub fn prune_sent(&mut self, before: &Timestamp, limit: usize) -> Result<usize> {
+        let end = format!("t/{}", ms_key(before));
+        let mut keys = Vec::new();
+        for k in self.tree.range(b"t/".to_vec()..end.into_bytes()).keys() {
+            keys.push(k?);
+            if keys.len() >= limit {
+                break;
+            }
+        }
+        for k in &keys {
+            // t/<20-digit ms>/<ref>
+            let reference = String::from_utf8_lossy(&k[23..]).into_owned();
+            self.remove(format!("o/{reference}"));
+            self.remove(format!("m/{reference}"));
+            self.remove(k.to_vec());
+        }
+        Ok(keys.len())
+    }
+
+    /// Removes up to `limit` inbound outcomes received before `before`, oldest first (`j/` is in
+    /// arrival order), with their "seen" marks (`i/`). A message delivered again after that is
+    /// handled as new; the retention is meant to be far longer than any re-delivery.
+    pub fn prune_inbound(&mut self, before: &Timestamp, limit: usize) -> Result<usize> {
+        let mut seqs = HashSet::new();
+        for kv in self.tree.scan_prefix(b"j/") {
+            let (k, v) = kv?;
+            let rec: InboundRecord = decode(&k, &v)?;
+            let received = chrono::DateTime::parse_from_rfc3339(&rec.received_at)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .ok();
+            // an unreadable time is kept: it cannot be known old
+            if received.is_none_or(|t| t >= *before) || seqs.len() >= limit {
+                break;
+            }
+            let seq = std::str::from_utf8(&k[2..])
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            if let Some(seq) = seq {
+                seqs.insert(seq);
+                self.remove(k.to_vec());
+            }
+        }
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        // `i/<key>` → seq: the key (a Message-ID, or a hash) is not in the outcome, so the marks
+        // are found by their value; one pass over them per pruning batch.
+        for kv in self.tree.scan_prefix(b"i/") {
+            let (k, v) = kv?;
+            let seq = <[u8; 8]>::try_from(&v[..]).ok().map(u64::from_be_bytes);
+            if seq.is_some_and(|s| seqs.contains(&s)) {
+                self.remove(k.to_vec());
+            }
+        }
+        Ok(seqs.len())
     }
 
     // ---- suppression list ----------------------------------------------------------------
@@ -585,16 +793,238 @@ impl Txn<'_> {
     }
 }
 
+/// One entry at a time, for lists and exports that stream instead of holding everything.
+impl Store {
+    /// Every record (or one provider's, through its index), in key order.
+    pub fn each_record(
+        &self,
+        provider: Option<&str>,
+        mut f: impl FnMut(Record) -> Result<()>,
+    ) -> Result<()> {
+        match provider {
+            None => {
+                for kv in self.tree.scan_prefix(b"r/") {
+                    let (k, v) = kv?;
+                    f(decode(&k, &v)?)?;
+                }
+            }
+            Some(p) => {
+                let prefix = format!("p/{p}/");
+                let read = self.read();
+                for k in self.tree.scan_prefix(prefix.as_bytes()).keys() {
+                    let k = k?;
+                    let id = std::str::from_utf8(&k[prefix.len()..])
+                        .ok()
+                        .and_then(RecordId::parse);
+                    if let Some(r) = id.map(|id| read.record(&id)).transpose()?.flatten() {
+                        f(r)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every outbox item in key order, or the dead letters from their index.
+    pub fn each_outbox(
+        &self,
+        dead_only: bool,
+        mut f: impl FnMut(OutboxItem) -> Result<()>,
+    ) -> Result<()> {
+        if dead_only {
+            let read = self.read();
+            for k in self.tree.scan_prefix(b"d/").keys() {
+                let k = k?;
+                if let Some(item) = read.outbox_item(&String::from_utf8_lossy(&k[2..]))? {
+                    f(item)?;
+                }
+            }
+        } else {
+            for kv in self.tree.scan_prefix(b"o/") {
+                let (k, v) = kv?;
+                f(decode(&k, &v)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every inbound outcome, in arrival order.
+    pub fn each_inbound(&self, mut f: impl FnMut(InboundRecord) -> Result<()>) -> Result<()> {
+        for kv in self.tree.scan_prefix(b"j/") {
+            let (k, v) = kv?;
+            f(decode(&k, &v)?)?;
+        }
+        Ok(())
+    }
+}
+
 impl Store {
     pub fn outbox_depth(&self) -> usize {
-        self.tree.scan_prefix(b"q/").count()
+        self.counts.queued.load(Ordering::Relaxed).max(0) as usize
     }
 
     pub fn outbox_dead_count(&self) -> usize {
-        self.tree.scan_prefix(b"d/").count()
+        self.counts.dead.load(Ordering::Relaxed).max(0) as usize
     }
 
     pub fn next_seq(&self) -> Result<u64> {
         Ok(self.db.generate_id()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{MailFieldsV1, MailKind, OutboxState};
+    use chrono::{TimeZone, Utc};
+
+    fn item(reference: &str, at: Timestamp) -> OutboxItem {
+        let to = Email::parse("a@fabrikam.test").unwrap_or_else(|e| panic!("{e}"));
+        OutboxItem::queued(
+            reference.to_string(),
+            "invited.test",
+            &to,
+            "",
+            MailKind::TestEmail,
+            "en-US",
+            RecordId([0; 16]),
+            MailFieldsV1::default(),
+            None,
+            at,
+        )
+    }
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, 1 << 20).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The clock is a parameter: items "sent" on given days, pruned against a given cutoff.
+    #[test]
+    fn sent_items_and_their_refs_go_after_the_retention_and_the_counts_follow() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = open(dir.path());
+        let day = |d: u32| {
+            Utc.with_ymd_and_hms(2026, 11, d, 12, 0, 0)
+                .single()
+                .unwrap_or_else(|| panic!("day {d}"))
+        };
+        store
+            .write(|txn| -> Result<()> {
+                for (i, d) in [1u32, 2, 3, 20].iter().enumerate() {
+                    let r = format!("ref{i}");
+                    let mut it = item(&r, day(*d));
+                    txn.put_new_outbox(&it);
+                    txn.put_ref(
+                        &r,
+                        &MessageRef {
+                            record: RecordId([0; 16]),
+                            purpose: None,
+                            generation: 0,
+                            message_id: it.message_id.clone(),
+                        },
+                    );
+                    it.state = OutboxState::Sent;
+                    it.sent_at = Some(day(*d));
+                    txn.put_outbox(&it)?;
+                }
+                txn.put_new_outbox(&item("queued", day(1)));
+                let mut dead = item("dead", day(1));
+                dead.state = OutboxState::Dead;
+                txn.put_outbox(&dead)?;
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((store.outbox_depth(), store.outbox_dead_count()), (1, 1));
+        assert_eq!(store.read().sent_since(&day(2)).unwrap_or(0), 3);
+
+        // cutoff the 10th: the three sent before go with their refs, in batches of two
+        let cutoff = day(10);
+        let first = store
+            .write(|txn| txn.prune_sent(&cutoff, 2))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let second = store
+            .write(|txn| txn.prune_sent(&cutoff, 2))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((first, second), (2, 1));
+        let read = store.read();
+        for r in ["ref0", "ref1", "ref2"] {
+            assert!(read.outbox_item(r).unwrap_or_default().is_none(), "{r}");
+            assert!(read.message_ref(r).unwrap_or_default().is_none(), "{r}");
+        }
+        // the newer sent item, the queued and the dead one stay
+        for r in ["ref3", "queued", "dead"] {
+            assert!(read.outbox_item(r).unwrap_or_default().is_some(), "{r}");
+        }
+        assert!(read.message_ref("ref3").unwrap_or_default().is_some());
+        assert_eq!(read.sent_since(&day(1)).unwrap_or(0), 1);
+        assert_eq!((store.outbox_depth(), store.outbox_dead_count()), (1, 1));
+
+        // counted again from the keys when the store is opened next
+        drop(read);
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!((store.outbox_depth(), store.outbox_dead_count()), (1, 1));
+    }
+
+    #[test]
+    fn inbound_outcomes_go_after_the_retention_with_their_seen_marks() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = open(dir.path());
+        let rec = |at: &str| InboundRecord {
+            message_id: format!("m-{at}"),
+            from: "a@fabrikam.test".into(),
+            received_at: at.into(),
+            outcome: "unrecognised".into(),
+            record: None,
+            effect: String::new(),
+        };
+        store
+            .write(|txn| -> Result<()> {
+                txn.put_inbound("old", 1, &rec("2026-11-01T00:00:00Z"));
+                txn.put_inbound("new", 2, &rec("2026-11-20T00:00:00Z"));
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cutoff = Utc
+            .with_ymd_and_hms(2026, 11, 10, 0, 0, 0)
+            .single()
+            .unwrap_or_else(|| panic!("cutoff"));
+        let n = store
+            .write(|txn| txn.prune_inbound(&cutoff, 100))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n, 1);
+        let read = store.read();
+        assert!(!read.inbound_seen("old").unwrap_or(true));
+        assert!(read.inbound_seen("new").unwrap_or(false));
+        let left = read.inbound_all().unwrap_or_default();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].message_id, "m-2026-11-20T00:00:00Z");
+    }
+
+    /// A store written before the sent-time index gets it when opened.
+    #[test]
+    fn the_sent_index_is_built_for_an_older_store() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let at = Utc
+            .with_ymd_and_hms(2026, 11, 1, 12, 0, 0)
+            .single()
+            .unwrap_or_else(|| panic!("at"));
+        {
+            let store = open(dir.path());
+            store
+                .write(|txn| -> Result<()> {
+                    let mut it = item("sent", at);
+                    it.state = OutboxState::Sent;
+                    it.sent_at = Some(at);
+                    // as an older binary wrote it: the item, no `t/` entry
+                    txn.insert("o/sent", encode(&it));
+                    txn.remove(SENT_INDEX_KEY.to_vec());
+                    Ok(())
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+            store.flush_blocking().unwrap_or_else(|e| panic!("{e}"));
+        }
+        let store = open(dir.path());
+        assert_eq!(store.read().sent_since(&at).unwrap_or(0), 1);
     }
 }

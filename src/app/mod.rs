@@ -6,6 +6,7 @@ mod inbound;
 mod links;
 mod onboarding;
 mod queries;
+mod retention;
 mod sending;
 mod suppression;
 mod timers;
@@ -233,6 +234,22 @@ pub struct BulkResult {
     pub rows: Vec<BulkRow>,
 }
 
+impl BulkResult {
+    fn append(&mut self, other: BulkResult) {
+        self.queued += other.queued;
+        self.existing += other.existing;
+        self.rejected += other.rejected;
+        self.suppressed += other.suppressed;
+        self.rows.extend(other.rows);
+    }
+}
+
+/// Bulk rows per store batch: a batch of 100 invitations (about 1,100 keys) is applied in
+/// milliseconds, so neither our write lock nor sled's (readers wait while a batch is applied)
+/// is held long enough to stall a page. Bigger batches also cost memory: sled keeps every node
+/// a batch replaced until the batch ends (BENCHMARKS.md, bulk enqueue).
+pub const BULK_BATCH_ROWS: usize = 100;
+
 fn to_chrono(d: std::time::Duration) -> ChronoDuration {
     ChronoDuration::milliseconds(d.as_millis().min(i64::MAX as u128) as i64)
 }
@@ -346,7 +363,8 @@ impl App {
                 message_id: item.message_id.clone(),
             },
         );
-        txn.put_outbox(&item)?;
+        txn.put_new_outbox(&item);
+        txn.note_message(&rec.id, &item.message_id)?;
         Ok(())
     }
 
@@ -375,12 +393,8 @@ impl App {
                         return Ok(());
                     }
                 }
-                f.needs_enrollment = Self::active_enrollment(txn, rec.recipient())?.is_none();
-                if reminder {
-                    MailKind::InvitationReminder
-                } else {
-                    MailKind::ProviderInvitation
-                }
+                let needs_enrollment = Self::active_enrollment(txn, rec.recipient())?.is_none();
+                return Self::queue_invitation(sh, txn, rec, reminder, needs_enrollment, now);
             }
             Purpose::AcceptCustomer => {
                 if let Some(c) = rec.customer() {
@@ -402,6 +416,37 @@ impl App {
             rec.recipient(),
             &name,
             Some(purpose),
+            f,
+            now,
+        )
+    }
+
+    /// The invitation (or its reminder) to a provider authorization's recipient, whose
+    /// suppression and enrollment the caller has looked up already.
+    fn queue_invitation(
+        sh: &Shared,
+        txn: &mut Txn,
+        rec: &Record,
+        reminder: bool,
+        needs_enrollment: bool,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut f = Self::base_fields(sh, rec);
+        f.needs_enrollment = needs_enrollment;
+        let kind = if reminder {
+            MailKind::InvitationReminder
+        } else {
+            MailKind::ProviderInvitation
+        };
+        let name = f.recipient_name.clone();
+        Self::queue(
+            sh,
+            txn,
+            rec,
+            kind,
+            rec.recipient(),
+            &name,
+            Some(Purpose::AuthorizeProvider),
             f,
             now,
         )
@@ -466,6 +511,14 @@ impl App {
 
     fn save(&self, txn: &mut Txn, rec: &Record) -> Result<()> {
         txn.put_record(rec)?;
+        self.metrics
+            .transition(rec.kind().as_str(), rec.state_str());
+        Ok(())
+    }
+
+    /// [`save`](Self::save) for a record made by `Record::new` in this batch.
+    fn save_new(&self, txn: &mut Txn, rec: &Record) -> Result<()> {
+        txn.put_new_record(rec)?;
         self.metrics
             .transition(rec.kind().as_str(), rec.state_str());
         Ok(())

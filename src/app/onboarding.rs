@@ -29,6 +29,7 @@ impl App {
         if let Some(s) = txn.suppression(&provider.id, &v.email)? {
             return Err(AppError::suppressed(&s));
         }
+        // the recipient is looked up once: the invitation mail says whether it must enroll first
         let enrollment = Self::active_enrollment(txn, &v.email)?.map(|r| r.id);
         let mut rec = Record::new(
             Body::ProviderAuthorization(ProviderAuthorization {
@@ -47,8 +48,9 @@ impl App {
             now,
         );
         rec.expires_at = Some(now + to_chrono(sh.cfg.invitation_ttl));
-        self.save(txn, &rec)?;
-        Self::open_link(sh, txn, &rec, now)?;
+        self.save_new(txn, &rec)?;
+        Self::schedule_timers(sh, txn, &rec, now);
+        Self::queue_invitation(sh, txn, &rec, false, enrollment.is_none(), now)?;
         Ok(InviteResult {
             id: rec.id,
             state: rec.state_str().into(),
@@ -98,66 +100,84 @@ impl App {
         Ok(r)
     }
 
-    /// One batch for many rows: a bad row is reported and never stops the rest.
+    /// Many rows (a chunk of a CSV): a bad row is reported and never stops the rest. The rows
+    /// are written in store batches of [`BULK_BATCH_ROWS`], each on the blocking pool, so the
+    /// write lock (and sled's, which holds every reader back while a batch is applied) is only
+    /// ever held for a few milliseconds and pages keep answering; each row is one atomic
+    /// batch with its mail as always. The whole chunk is flushed before the answer: durable
+    /// when acknowledged. A row already invited (live authorization) is `existing`, so sending
+    /// the same CSV again changes nothing.
     pub async fn invite_bulk(
-        &self,
+        self: &Arc<Self>,
         provider: &str,
         rows: Vec<(u64, InviteRow)>,
         channel: Channel,
         now: Timestamp,
     ) -> Result<BulkResult> {
         let sh = self.shared();
-        let p = Self::provider(&sh, provider)?;
-        let out = self.store.write(|txn| -> Result<BulkResult> {
+        Self::provider(&sh, provider)?;
+        let mut out = BulkResult::default();
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let batch: Vec<(u64, InviteRow)> = rows.by_ref().take(BULK_BATCH_ROWS).collect();
+            let (app, sh, provider) = (self.clone(), sh.clone(), provider.to_string());
+            let part = tokio::task::spawn_blocking(move || {
+                app.invite_batch(&sh, &provider, &batch, channel, now)
+            })
+            .await
+            .map_err(|e| AppError::Store(StoreError::Other(format!("bulk invite task: {e}"))))??;
+            out.append(part);
+        }
+        self.commit().await?;
+        Ok(out)
+    }
+
+    /// One store batch of bulk rows (blocking: sled).
+    fn invite_batch(
+        &self,
+        sh: &Shared,
+        provider: &str,
+        rows: &[(u64, InviteRow)],
+        channel: Channel,
+        now: Timestamp,
+    ) -> Result<BulkResult> {
+        let p = Self::provider(sh, provider)?;
+        self.store.write(|txn| -> Result<BulkResult> {
             let mut out = BulkResult::default();
-            for (line, row) in &rows {
+            for (line, row) in rows {
                 let email = row.email.trim().to_string();
-                match self.invite_in(&sh, txn, p, row, channel, now) {
+                let (outcome, id, reason) = match self.invite_in(sh, txn, p, row, channel, now) {
+                    Ok(r) if r.existing => {
+                        out.existing += 1;
+                        ("existing", Some(r.id), None)
+                    }
                     Ok(r) => {
-                        let outcome = if r.existing {
-                            out.existing += 1;
-                            "existing"
-                        } else {
-                            out.queued += 1;
-                            "queued"
-                        };
-                        out.rows.push(BulkRow {
-                            line: *line,
-                            email,
-                            outcome,
-                            id: Some(r.id),
-                            reason: None,
-                        });
+                        out.queued += 1;
+                        ("queued", Some(r.id), None)
                     }
                     Err(AppError::Store(e)) => return Err(AppError::Store(e)),
                     Err(AppError::Suppressed { since, why, .. }) => {
                         out.suppressed += 1;
-                        out.rows.push(BulkRow {
-                            line: *line,
-                            email,
-                            outcome: "suppressed",
-                            id: None,
-                            reason: Some(format!(
-                                "on the provider's suppression list since {since} ({why}); nothing sent"
-                            )),
-                        });
+                        let why = format!(
+                            "on the provider's suppression list since {since} ({why}); nothing sent"
+                        );
+                        ("suppressed", None, Some(why))
                     }
                     Err(e) => {
                         out.rejected += 1;
-                        out.rows.push(BulkRow {
-                            line: *line,
-                            email,
-                            outcome: "rejected",
-                            id: None,
-                            reason: Some(e.to_string()),
-                        });
+                        ("rejected", None, Some(e.to_string()))
                     }
-                }
+                };
+                out.rows.push(BulkRow {
+                    line: *line,
+                    email,
+                    outcome,
+                    id,
+                    reason,
+                });
             }
             Ok(out)
-        })?;
-        self.commit().await?;
-        Ok(out)
+        })
     }
 
     pub async fn invite_customer(
@@ -217,7 +237,7 @@ impl App {
                 now,
             );
             rec.expires_at = Some(now + to_chrono(sh.cfg.invitation_ttl));
-            self.save(txn, &rec)?;
+            self.save_new(txn, &rec)?;
             Self::open_link(&sh, txn, &rec, now)?;
             Ok(rec)
         })?;
@@ -277,7 +297,7 @@ impl App {
                 message: e.to_string(),
             }]
         };
-        self.save(txn, &rec).map_err(store_err)?;
+        self.save_new(txn, &rec).map_err(store_err)?;
         Self::open_link(sh, txn, &rec, now).map_err(store_err)?;
         Ok(rec)
     }

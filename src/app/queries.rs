@@ -15,26 +15,54 @@ impl App {
         Ok(record_json(&rec, true))
     }
 
-    pub fn list(
+    /// The records `list WHAT` shows, as its JSON, in its order (creation time), handed to
+    /// `emit` one by one (blocking: call on the blocking pool). One pass keeps only (created_at,
+    /// id) of each match, the second reads and emits them, so 100,000 records are never held
+    /// at once. `what` may name several kinds (the export: enrollments, invitations, customers).
+    pub fn emit_list(
         &self,
-        what: &str,
+        what: &[&str],
         provider: Option<&str>,
         state: Option<&str>,
-    ) -> Result<Vec<Value>> {
-        let kind = match what {
-            "invitations" => Kind::ProviderAuthorization,
-            "enrollments" => Kind::Enrollment,
-            "customers" => Kind::CustomerInvitation,
-            other => {
-                return Err(AppError::Invalid {
-                    field: "list".into(),
-                    message: format!(
-                    "{other:?} is not invitations, enrollments, customers, resellers or providers"
-                ),
-                })
+        emit: &mut dyn FnMut(Value) -> bool,
+    ) -> Result<()> {
+        let ids = self.list_ids(what, provider, state)?;
+        let read = self.store.read();
+        for id in ids {
+            if let Some(r) = read.record(&id)? {
+                if !emit(record_json(&r, false)) {
+                    break; // the client went away
+                }
             }
-        };
-        if let Some(s) = state {
+        }
+        Ok(())
+    }
+
+    /// Checks a list's arguments; the ids it shows, in order (kinds in `what` order, then
+    /// creation time).
+    pub fn list_ids(
+        &self,
+        what: &[&str],
+        provider: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<Vec<RecordId>> {
+        let mut kinds = Vec::new();
+        for w in what {
+            kinds.push(match *w {
+                "invitations" => Kind::ProviderAuthorization,
+                "enrollments" => Kind::Enrollment,
+                "customers" => Kind::CustomerInvitation,
+                other => {
+                    return Err(AppError::Invalid {
+                        field: "list".into(),
+                        message: format!(
+                        "{other:?} is not invitations, enrollments, customers, resellers or providers"
+                    ),
+                    })
+                }
+            });
+        }
+        if let (Some(s), [kind]) = (state, kinds.as_slice()) {
             let known = match kind {
                 Kind::Enrollment => EnrollmentState::ALL,
                 Kind::ProviderAuthorization => AuthorizationState::ALL,
@@ -50,17 +78,32 @@ impl App {
         if let Some(p) = provider {
             Self::provider(&self.shared(), p)?;
         }
-        let read = self.store.read();
-        let records = match provider {
-            Some(p) => read.records_for_provider(p)?,
-            None => read.all_records()?,
-        };
-        let mut out: Vec<&Record> = records
-            .iter()
-            .filter(|r| r.kind() == kind && state.is_none_or(|s| r.state_str() == s))
-            .collect();
-        out.sort_by_key(|r| r.created_at);
-        Ok(out.into_iter().map(|r| record_json(r, false)).collect())
+        let mut found: Vec<(usize, Timestamp, RecordId)> = Vec::new();
+        self.store.each_record(provider, |r| {
+            if let Some(k) = kinds.iter().position(|k| *k == r.kind()) {
+                if state.is_none_or(|s| r.state_str() == s) {
+                    found.push((k, r.created_at, r.id));
+                }
+            }
+            Ok(())
+        })?;
+        found.sort();
+        Ok(found.into_iter().map(|(_, _, id)| id).collect())
+    }
+
+    /// `list WHAT` as one vector (for callers that want it whole; the admin API streams).
+    pub fn list(
+        &self,
+        what: &str,
+        provider: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        self.emit_list(&[what], provider, state, &mut |v| {
+            out.push(v);
+            true
+        })?;
+        Ok(out)
     }
 
     pub fn resellers(&self, provider: &str) -> Result<Vec<Value>> {
@@ -198,18 +241,14 @@ impl App {
         let sh = self.shared();
         let (queued, dead) = self.outbox_gauges();
         let day = crate::pacing::start_of_day(now);
-        let mut sent_today = 0;
+        let sent_today = self.store.read().sent_since(&day)?;
         // queued items waiting on the transport (login, TLS, connection) or on a server that
-        // asked us to slow down, and the latest such answer: the operator's problem, said here
+        // asked us to slow down, and the latest such answer: the operator's problem, said here.
+        // Read from the queue index (the first 10,000 queued items), not from every item.
         let mut waiting_on_transport = 0;
         let mut transport_error: Option<(Timestamp, String)> = None;
-        for i in self.store.read().outbox_all()? {
-            if i.sent_at.is_some_and(|t| t >= day) {
-                sent_today += 1;
-            }
-            if i.state != OutboxState::Queued {
-                continue;
-            }
+        let horizon = now + chrono::Duration::days(3650);
+        for i in self.store.read().outbox_due(&horizon, 10_000)? {
             if let Some(e) = i
                 .last_error
                 .as_deref()
@@ -246,22 +285,25 @@ impl App {
         (self.store.outbox_depth(), self.store.outbox_dead_count())
     }
 
-    pub fn outbox(&self, dead_only: bool) -> Result<Vec<Value>> {
-        let items = self.store.read().outbox_all()?;
-        Ok(items
-            .into_iter()
-            .filter(|i| !dead_only || i.state == OutboxState::Dead)
-            .map(|i| {
-                json!({
+    /// The outbox as `outbox` prints it, item by item (blocking); `--dead` reads the
+    /// dead-letter index, not every item.
+    pub fn emit_outbox(&self, dead_only: bool, emit: &mut dyn FnMut(Value) -> bool) -> Result<()> {
+        let mut open = true;
+        self.store.each_outbox(dead_only, |i| {
+            if open {
+                open = emit(json!({
                     "id": i.id, "message_id": i.message_id, "to": i.to, "kind": i.kind,
                     "state": i.state, "attempts": i.attempts, "last_error": i.last_error,
                     "record": i.record, "created_at": rfc3339(&i.created_at),
-                })
-            })
-            .collect())
+                }));
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 
-    pub fn inbound(&self, outcome: Option<&str>) -> Result<Vec<InboundRecord>> {
+    /// Checks an `inbound --outcome` filter before anything is streamed.
+    pub fn check_outcome(outcome: Option<&str>) -> Result<()> {
         if let Some(o) = outcome {
             if ![
                 "bounce",
@@ -280,12 +322,23 @@ impl App {
                 });
             }
         }
-        Ok(self
-            .store
-            .read()
-            .inbound_all()?
-            .into_iter()
-            .filter(|r| outcome.is_none_or(|o| r.outcome == o))
-            .collect())
+        Ok(())
+    }
+
+    /// Every inbound outcome (of one kind), in arrival order, one by one (blocking).
+    pub fn emit_inbound(
+        &self,
+        outcome: Option<&str>,
+        emit: &mut dyn FnMut(Value) -> bool,
+    ) -> Result<()> {
+        Self::check_outcome(outcome)?;
+        let mut open = true;
+        self.store.each_inbound(|r| {
+            if open && outcome.is_none_or(|o| r.outcome == o) {
+                open = emit(serde_json::to_value(&r).unwrap_or(Value::Null));
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 }

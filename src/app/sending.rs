@@ -50,6 +50,17 @@ impl App {
                         item.next_attempt_at = now + to_chrono(crate::sender::backoff(item.attempts));
                         crate::metrics::Metrics::inc(&self.metrics.retried);
                     }
+                    Err(SendError::Build(e)) => {
+                        // our template or key, not the recipient: a dead letter that names it,
+                        // the record untouched, nobody notified; `outbox retry` once fixed
+                        tracing::error!(message = %item.id, kind = item.kind.as_str(), error = %e, "message not built: fix the template (or DKIM key), reload with SIGHUP, then `invited outbox retry {}`", item.id);
+                        item.last_error = Some(format!(
+                            "{e} — the operator's to fix (template or key); the record is unchanged: fix it, reload (SIGHUP), then `invited outbox retry {}`",
+                            item.id
+                        ));
+                        item.state = OutboxState::Dead;
+                        crate::metrics::Metrics::inc(&self.metrics.failed);
+                    }
                     Err(e) => {
                         tracing::warn!(message = %item.id, attempts = item.attempts, error = %e, "send failed for good");
                         let detail = format!("delivery failed: {e}");

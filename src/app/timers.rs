@@ -44,7 +44,7 @@ impl App {
                             && !rec.reminded
                             && due_now
                         {
-                            rec.reminded = true;
+                            rec.remind(now);
                             txn.put_record(&rec)?;
                             Self::queue_link_mail(&sh, txn, &rec, true, now)?;
                         }

@@ -27,6 +27,9 @@ pub struct Options {
     pub admin_extra: String,
     /// Run the daemon under `prlimit --nofile=N:N` (soft and hard open-files limit N).
     pub nofile: Option<u64>,
+    /// Extra TOML lines for `[store]` and `[mail]` (e.g. `retention = "2s"`, `templates = "tpl"`).
+    pub store_extra: String,
+    pub mail_extra: String,
 }
 
 impl Default for Options {
@@ -42,6 +45,8 @@ impl Default for Options {
             http_extra: String::new(),
             admin_extra: String::new(),
             nofile: None,
+            store_extra: String::new(),
+            mail_extra: String::new(),
         }
     }
 }
@@ -52,6 +57,7 @@ pub fn config_text(o: &Options) -> String {
 [store]
 path = "store"
 cache_capacity = 8000000
+{}
 [http]
 listen = "127.0.0.1:0"
 public_url = "http://links.invited.test"
@@ -66,6 +72,7 @@ files = {{ k1 = "keys/k1.key" }}
 from = "Contoso Distribution <partners@invited.test>"
 reply_to = "replies@invited.test"
 default_locale = "en-US"
+{}
 [mail.outbound]
 {}
 max_age = "{}"
@@ -89,8 +96,10 @@ name = "Contoso Distribution Japan"
 email = "jp-ops@contoso.test"
 markets = ["JP"]
 "#,
+        o.store_extra,
         o.http_extra,
         o.admin_extra,
+        o.mail_extra,
         o.outbound
             .as_deref()
             .unwrap_or("transport = \"file\"\ndir = \"outbox\""),
