@@ -630,7 +630,13 @@ fn escape_sequences_from_a_sender_reach_neither_the_log_nor_invited_inbound_raw(
         "invited inbound has a raw control character:\n{text:?}"
     );
     // The log has the daemon's own colour codes (tracing's ANSI output); none of the sender's
-    // sequences may be there raw.
+    // sequences may be there raw. The line is written once the outcome is durable, which can be
+    // a moment after the outcome shows.
+    crate::harness::wait_for(
+        "the inbound line in the log",
+        std::time::Duration::from_secs(10),
+        || d.log().contains("esc\\u{1b}[2Jid@attacker.test").then_some(()),
+    );
     let log = d.log();
     for raw in [
         "\u{1b}[2J",
