@@ -390,6 +390,94 @@ pub fn validate_invite(
     }
 }
 
+/// An invitation CSV as `invited invite --csv` reads it: each row with the line it starts on
+/// (1-based; the header is line 1), and the lines the CSV reader could not read, with why.
+#[derive(Debug, Default)]
+pub struct InviteCsv {
+    pub rows: Vec<(u64, InviteRow)>,
+    pub unreadable: Vec<(u64, String)>,
+}
+
+/// Reads an invitation CSV: a header row naming `email`, `company` and `country` (any order, any
+/// case, a BOM allowed; `contact_name` and `locale` optional, other columns ignored), then one
+/// row per line; fields trimmed, short rows allowed (missing fields are empty). Pure: no rule is
+/// checked here ([`validate_invite`] does that per row). Err only when the header row is
+/// unusable.
+pub fn read_invite_csv(data: &[u8]) -> Result<InviteCsv, String> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(data);
+    // The line a row starts on, counted from its byte offset: the csv crate's own line count
+    // is one short per row in a file with CRLF endings (as Excel saves it).
+    let mut lines = LineCounter::default();
+    let headers: Vec<String> = rdr
+        .headers()
+        .map_err(|e| format!("header row: {e}"))?
+        .iter()
+        .map(|h| h.trim().trim_start_matches('\u{feff}').to_ascii_lowercase())
+        .collect();
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let (Some(ce), Some(cc), Some(cn)) = (col("email"), col("company"), col("country")) else {
+        return Err(format!(
+            "the header row must name the columns email, company and country (found: {})",
+            headers.join(",")
+        ));
+    };
+    let (cname, cloc) = (col("contact_name"), col("locale"));
+    let mut out = InviteCsv::default();
+    for rec in rdr.records() {
+        match rec {
+            Ok(r) => {
+                let line = lines.line_at(data, r.position().map_or(0, |p| p.byte()));
+                let get = |i: Option<usize>| i.and_then(|i| r.get(i)).unwrap_or("").to_string();
+                out.rows.push((
+                    line,
+                    InviteRow {
+                        email: get(Some(ce)),
+                        company: get(Some(cc)),
+                        country: get(Some(cn)),
+                        contact_name: get(cname),
+                        locale: get(cloc),
+                    },
+                ));
+            }
+            Err(e) => {
+                let line = lines.line_at(data, e.position().map_or(0, |p| p.byte()));
+                out.unreadable.push((line, e.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Turns byte offsets of a file read front to back into 1-based line numbers, counting each
+/// `\n` once (so CRLF and LF files number their lines alike).
+#[derive(Default)]
+struct LineCounter {
+    offset: usize,
+    newlines: u64,
+}
+
+impl LineCounter {
+    fn line_at(&mut self, data: &[u8], offset: u64) -> u64 {
+        let mut offset = (offset as usize).min(data.len());
+        // a record may be reported as starting on the terminator before it (the LF of a CRLF)
+        while matches!(data.get(offset), Some(b'\r' | b'\n')) {
+            offset += 1;
+        }
+        if offset >= self.offset {
+            let seen = &data[self.offset..offset];
+            self.newlines += seen.iter().filter(|&&b| b == b'\n').count() as u64;
+        } else {
+            // not expected (rows come in order), but stay right if it happens
+            self.newlines = data[..offset].iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        self.offset = offset;
+        self.newlines + 1
+    }
+}
+
 pub fn market_error(country: &str, markets: &[String]) -> FieldError {
     FieldError {
         field: "country",
