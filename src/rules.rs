@@ -451,12 +451,13 @@ pub fn read_invite_csv(data: &[u8]) -> Result<InviteCsv, String> {
     Ok(out)
 }
 
-/// Turns byte offsets of a file read front to back into 1-based line numbers, counting each
-/// `\n` once (so CRLF and LF files number their lines alike).
+/// Turns byte offsets of a file read front to back into 1-based line numbers. A line ends at
+/// `\n`, `\r\n` or a lone `\r` (as the CSV reader ends its records, and as old Mac CSV files
+/// end their lines), each counted once.
 #[derive(Default)]
 struct LineCounter {
     offset: usize,
-    newlines: u64,
+    breaks: u64,
 }
 
 impl LineCounter {
@@ -467,15 +468,25 @@ impl LineCounter {
             offset += 1;
         }
         if offset >= self.offset {
-            let seen = &data[self.offset..offset];
-            self.newlines += seen.iter().filter(|&&b| b == b'\n').count() as u64;
+            self.breaks += line_breaks(data, self.offset, offset);
         } else {
             // not expected (rows come in order), but stay right if it happens
-            self.newlines = data[..offset].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.breaks = line_breaks(data, 0, offset);
         }
         self.offset = offset;
-        self.newlines + 1
+        self.breaks + 1
     }
+}
+
+/// The line breaks in `data[from..to]`: each `\n`, and each `\r` not followed by `\n`.
+fn line_breaks(data: &[u8], from: usize, to: usize) -> u64 {
+    (from..to)
+        .filter(|&i| match data[i] {
+            b'\n' => true,
+            b'\r' => data.get(i + 1) != Some(&b'\n'),
+            _ => false,
+        })
+        .count() as u64
 }
 
 pub fn market_error(country: &str, markets: &[String]) -> FieldError {
@@ -580,6 +591,40 @@ mod tests {
                 "{field}/{code}: got {errs:?}"
             );
         }
+    }
+
+    #[test]
+    fn csv_rows_know_their_lines_whatever_ends_them() {
+        let lines = |data: &str| -> Vec<(u64, String)> {
+            let read = read_invite_csv(data.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            let mut all: Vec<(u64, String)> =
+                read.rows.into_iter().map(|(l, r)| (l, r.email)).collect();
+            all.extend(read.unreadable.into_iter().map(|(l, why)| (l, why)));
+            all.sort();
+            all
+        };
+        let want = |v: &[(u64, &str)]| -> Vec<(u64, String)> {
+            v.iter().map(|(l, e)| (*l, e.to_string())).collect()
+        };
+        let three = want(&[(2, "a@f.test"), (3, "b@f.test"), (4, "c@f.test")]);
+        let body = ["email,company,country", "a@f.test,A,KR", "b@f.test,B,KR", "c@f.test,C,KR"];
+        assert_eq!(lines(&body.join("\n")), three, "LF");
+        assert_eq!(lines(&body.join("\r\n")), three, "CRLF");
+        // Found by the fuzzer (fuzz/, target `rules`): with lone CRs (old Mac CSV) every row
+        // was reported on line 2.
+        assert_eq!(lines(&body.join("\r")), three, "CR");
+        assert_eq!(
+            lines("email,company,country\r\na@f.test,A,KR\rb@f.test,B,KR\n\n\"c@f.test\",\"C\r\nCo\",KR\r\nd@f.test,D,KR"),
+            want(&[(2, "a@f.test"), (3, "b@f.test"), (5, "c@f.test"), (7, "d@f.test")]),
+            "mixed, a blank line, a quoted line break"
+        );
+        // a BOM and the header's column order and case
+        let read = read_invite_csv("\u{feff}Country,EMAIL,company\nKR,a@f.test,A".as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read.rows[0].1.email, "a@f.test");
+        assert_eq!(read.rows[0].1.country, "KR");
+        let err = read_invite_csv(b"company,country\nA,KR").err().unwrap_or_default();
+        assert!(err.contains("must name the columns"), "{err}");
     }
 
     #[test]

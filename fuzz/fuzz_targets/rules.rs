@@ -60,7 +60,8 @@ fn csv(data: &[u8]) {
     let Ok(read) = rules::read_invite_csv(data) else {
         return;
     };
-    let lines = data.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+    // an upper bound: every \n and every \r ends a line (a CRLF counts once in the reader)
+    let lines = data.iter().filter(|&&b| b == b'\n' || b == b'\r').count() as u64 + 1;
     // every record starts on a line of its own, after the header's (line 1 or later)
     let mut last = 1;
     let mut all: Vec<u64> = read.rows.iter().map(|(l, _)| *l).collect();
