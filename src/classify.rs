@@ -1673,4 +1673,28 @@ mod tests {
         );
         assert!(!oversize.unsubscribe_request);
     }
+
+    /// Found by the fuzzer (`fuzz/`, target `inbound`, bench/fuzz): mail-parser 0.11.9 panics
+    /// ("Invalid part ID, could not find multipart", parsers/message.rs:485) on a multipart whose
+    /// message/rfc822 part holds another message/rfc822 header and then the closing boundary.
+    /// The panic stays inside `classify`: unrecognised, with what the header alone says.
+    #[test]
+    fn a_message_the_parser_panics_on_is_unrecognised_from_its_header() {
+        let r = "aaaaaaaaaaaaaaaaaaaaaaaaa2";
+        let raw = format!(
+            "From: <kim@f.test>\nTo: replies+{r}@invited.test\nMessage-ID: <panic@f.test>\n\
+             Content-Type: multipart/repatus;\n\tboundary=\"q9RDCuol017809.1351343576/mta.example.jp\n\
+             0900\n\n--q9RDCuol017809.1351343576/mta.example.jp\nContent-Type: message/rfc822\n\n\
+             R3exap\nContent-Type: message/rfc822\n\nn\n\n--q9RDCuol017809.1351343576/mta.example.jp--"
+        );
+        let parsed = std::panic::catch_unwind(|| {
+            MessageParser::default().parse(raw.as_bytes()).map(|_| ())
+        });
+        assert!(parsed.is_err(), "mail-parser still panics on it (else drop this note)");
+        let m = classify(raw.as_bytes(), "replies");
+        assert_eq!(reason(&m), "unparsable: the mail parser panicked", "{m:?}");
+        assert_eq!(m.message_id.as_deref(), Some("panic@f.test"));
+        assert_eq!(m.from.as_deref(), Some("kim@f.test"));
+        assert_eq!(m.refs, [r]);
+    }
 }

@@ -750,43 +750,20 @@ const SEND_WAIT_LIMIT: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 async fn invite_csv(sock: &Path, provider: &str, file: &Path, j: bool) -> anyhow::Result<Value> {
     let data = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let mut rdr = csv::ReaderBuilder::new()
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(&data[..]);
-    // The line a row starts on, counted from its byte offset: the csv crate's own line count
-    // is one short per row in a file with CRLF endings (as Excel saves it).
-    let mut lines = LineCounter::default();
-    let headers: Vec<String> = rdr
-        .headers()
-        .map_err(|e| anyhow::anyhow!("{}: header row: {e}", file.display()))?
+    let csv = crate::rules::read_invite_csv(&data)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let rows: Vec<Value> = csv
+        .rows
         .iter()
-        .map(|h| h.trim().trim_start_matches('\u{feff}').to_ascii_lowercase())
+        .map(|(line, r)| json!({"line": line, "email": r.email, "company": r.company, "country": r.country, "contact_name": r.contact_name, "locale": r.locale}))
         .collect();
-    let col = |name: &str| headers.iter().position(|h| h == name);
-    let (Some(ce), Some(cc), Some(cn)) = (col("email"), col("company"), col("country")) else {
-        anyhow::bail!(
-            "{}: the header row must name the columns email, company and country (found: {})",
-            file.display(),
-            headers.join(",")
-        );
-    };
-    let (cname, cloc) = (col("contact_name"), col("locale"));
-    let mut rows = Vec::new();
-    let mut local_rejects = Vec::new();
-    for rec in rdr.records() {
-        match rec {
-            Ok(r) => {
-                let line = lines.line_at(&data, r.position().map_or(0, |p| p.byte()));
-                let get = |i: Option<usize>| i.and_then(|i| r.get(i)).unwrap_or("").to_string();
-                rows.push(json!({"line": line, "email": get(Some(ce)), "company": get(Some(cc)), "country": get(Some(cn)), "contact_name": get(cname), "locale": get(cloc)}));
-            }
-            Err(e) => {
-                let line = lines.line_at(&data, e.position().map_or(0, |p| p.byte()));
-                local_rejects.push(json!({"line": line, "email": "", "outcome": "rejected", "reason": format!("unreadable CSV row: {e}")}));
-            }
-        }
-    }
+    let local_rejects: Vec<Value> = csv
+        .unreadable
+        .iter()
+        .map(|(line, why)| json!({"line": line, "email": "", "outcome": "rejected", "reason": format!("unreadable CSV row: {why}")}))
+        .collect();
+    // the CLI holds the rows, not the file and the parsed CSV besides
+    drop(csv);
     drop(data);
     let total = rows.len();
     // the progress bar: only for a person at a terminal, never with --json
@@ -928,33 +905,6 @@ async fn follow_sending(sock: &Path, summary: &Value) -> anyhow::Result<()> {
 /// senders and server replies come from outside and must not steer the terminal.
 fn esc(v: &Value, default: &str) -> String {
     crate::text::escape_controls(v.as_str().unwrap_or(default))
-}
-
-/// Turns byte offsets of a file read front to back into 1-based line numbers, counting each
-/// `\n` once (so CRLF and LF files number their lines alike).
-#[derive(Default)]
-struct LineCounter {
-    offset: usize,
-    newlines: u64,
-}
-
-impl LineCounter {
-    fn line_at(&mut self, data: &[u8], offset: u64) -> u64 {
-        let mut offset = (offset as usize).min(data.len());
-        // a record may be reported as starting on the terminator before it (the LF of a CRLF)
-        while matches!(data.get(offset), Some(b'\r' | b'\n')) {
-            offset += 1;
-        }
-        if offset >= self.offset {
-            let seen = &data[self.offset..offset];
-            self.newlines += seen.iter().filter(|&&b| b == b'\n').count() as u64;
-        } else {
-            // not expected (rows come in order), but stay right if it happens
-            self.newlines = data[..offset].iter().filter(|&&b| b == b'\n').count() as u64;
-        }
-        self.offset = offset;
-        self.newlines + 1
-    }
 }
 
 fn print_summary(v: &Value) {

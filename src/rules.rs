@@ -390,6 +390,105 @@ pub fn validate_invite(
     }
 }
 
+/// An invitation CSV as `invited invite --csv` reads it: each row with the line it starts on
+/// (1-based; the header is line 1), and the lines the CSV reader could not read, with why.
+#[derive(Debug, Default)]
+pub struct InviteCsv {
+    pub rows: Vec<(u64, InviteRow)>,
+    pub unreadable: Vec<(u64, String)>,
+}
+
+/// Reads an invitation CSV: a header row naming `email`, `company` and `country` (any order, any
+/// case, a BOM allowed; `contact_name` and `locale` optional, other columns ignored), then one
+/// row per line; fields trimmed, short rows allowed (missing fields are empty). Pure: no rule is
+/// checked here ([`validate_invite`] does that per row). Err only when the header row is
+/// unusable.
+pub fn read_invite_csv(data: &[u8]) -> Result<InviteCsv, String> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(data);
+    // The line a row starts on, counted from its byte offset: the csv crate's own line count
+    // is one short per row in a file with CRLF endings (as Excel saves it).
+    let mut lines = LineCounter::default();
+    let headers: Vec<String> = rdr
+        .headers()
+        .map_err(|e| format!("header row: {e}"))?
+        .iter()
+        .map(|h| h.trim().trim_start_matches('\u{feff}').to_ascii_lowercase())
+        .collect();
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let (Some(ce), Some(cc), Some(cn)) = (col("email"), col("company"), col("country")) else {
+        return Err(format!(
+            "the header row must name the columns email, company and country (found: {})",
+            headers.join(",")
+        ));
+    };
+    let (cname, cloc) = (col("contact_name"), col("locale"));
+    let mut out = InviteCsv::default();
+    for rec in rdr.records() {
+        match rec {
+            Ok(r) => {
+                let line = lines.line_at(data, r.position().map_or(0, |p| p.byte()));
+                let get = |i: Option<usize>| i.and_then(|i| r.get(i)).unwrap_or("").to_string();
+                out.rows.push((
+                    line,
+                    InviteRow {
+                        email: get(Some(ce)),
+                        company: get(Some(cc)),
+                        country: get(Some(cn)),
+                        contact_name: get(cname),
+                        locale: get(cloc),
+                    },
+                ));
+            }
+            Err(e) => {
+                let line = lines.line_at(data, e.position().map_or(0, |p| p.byte()));
+                out.unreadable.push((line, e.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Turns byte offsets of a file read front to back into 1-based line numbers. A line ends at
+/// `\n`, `\r\n` or a lone `\r` (as the CSV reader ends its records, and as old Mac CSV files
+/// end their lines), each counted once.
+#[derive(Default)]
+struct LineCounter {
+    offset: usize,
+    breaks: u64,
+}
+
+impl LineCounter {
+    fn line_at(&mut self, data: &[u8], offset: u64) -> u64 {
+        let mut offset = (offset as usize).min(data.len());
+        // a record may be reported as starting on the terminator before it (the LF of a CRLF)
+        while matches!(data.get(offset), Some(b'\r' | b'\n')) {
+            offset += 1;
+        }
+        if offset >= self.offset {
+            self.breaks += line_breaks(data, self.offset, offset);
+        } else {
+            // not expected (rows come in order), but stay right if it happens
+            self.breaks = line_breaks(data, 0, offset);
+        }
+        self.offset = offset;
+        self.breaks + 1
+    }
+}
+
+/// The line breaks in `data[from..to]`: each `\n`, and each `\r` not followed by `\n`.
+fn line_breaks(data: &[u8], from: usize, to: usize) -> u64 {
+    (from..to)
+        .filter(|&i| match data[i] {
+            b'\n' => true,
+            b'\r' => data.get(i + 1) != Some(&b'\n'),
+            _ => false,
+        })
+        .count() as u64
+}
+
 pub fn market_error(country: &str, markets: &[String]) -> FieldError {
     FieldError {
         field: "country",
@@ -492,6 +591,40 @@ mod tests {
                 "{field}/{code}: got {errs:?}"
             );
         }
+    }
+
+    #[test]
+    fn csv_rows_know_their_lines_whatever_ends_them() {
+        let lines = |data: &str| -> Vec<(u64, String)> {
+            let read = read_invite_csv(data.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            let mut all: Vec<(u64, String)> =
+                read.rows.into_iter().map(|(l, r)| (l, r.email)).collect();
+            all.extend(read.unreadable.into_iter().map(|(l, why)| (l, why)));
+            all.sort();
+            all
+        };
+        let want = |v: &[(u64, &str)]| -> Vec<(u64, String)> {
+            v.iter().map(|(l, e)| (*l, e.to_string())).collect()
+        };
+        let three = want(&[(2, "a@f.test"), (3, "b@f.test"), (4, "c@f.test")]);
+        let body = ["email,company,country", "a@f.test,A,KR", "b@f.test,B,KR", "c@f.test,C,KR"];
+        assert_eq!(lines(&body.join("\n")), three, "LF");
+        assert_eq!(lines(&body.join("\r\n")), three, "CRLF");
+        // Found by the fuzzer (fuzz/, target `rules`): with lone CRs (old Mac CSV) every row
+        // was reported on line 2.
+        assert_eq!(lines(&body.join("\r")), three, "CR");
+        assert_eq!(
+            lines("email,company,country\r\na@f.test,A,KR\rb@f.test,B,KR\n\n\"c@f.test\",\"C\r\nCo\",KR\r\nd@f.test,D,KR"),
+            want(&[(2, "a@f.test"), (3, "b@f.test"), (5, "c@f.test"), (7, "d@f.test")]),
+            "mixed, a blank line, a quoted line break"
+        );
+        // a BOM and the header's column order and case
+        let read = read_invite_csv("\u{feff}Country,EMAIL,company\nKR,a@f.test,A".as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read.rows[0].1.email, "a@f.test");
+        assert_eq!(read.rows[0].1.country, "KR");
+        let err = read_invite_csv(b"company,country\nA,KR").err().unwrap_or_default();
+        assert!(err.contains("must name the columns"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The one integration-test binary: the daemon driven through its real edges.
 
 mod backup;
+mod bounded;
 mod bulk;
 mod cli;
 mod corpus;
