@@ -599,7 +599,7 @@ mod tests {
             let read = read_invite_csv(data.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
             let mut all: Vec<(u64, String)> =
                 read.rows.into_iter().map(|(l, r)| (l, r.email)).collect();
-            all.extend(read.unreadable.into_iter().map(|(l, why)| (l, why)));
+            all.extend(read.unreadable);
             all.sort();
             all
         };
@@ -607,7 +607,12 @@ mod tests {
             v.iter().map(|(l, e)| (*l, e.to_string())).collect()
         };
         let three = want(&[(2, "a@f.test"), (3, "b@f.test"), (4, "c@f.test")]);
-        let body = ["email,company,country", "a@f.test,A,KR", "b@f.test,B,KR", "c@f.test,C,KR"];
+        let body = [
+            "email,company,country",
+            "a@f.test,A,KR",
+            "b@f.test,B,KR",
+            "c@f.test,C,KR",
+        ];
         assert_eq!(lines(&body.join("\n")), three, "LF");
         assert_eq!(lines(&body.join("\r\n")), three, "CRLF");
         // Found by the fuzzer (fuzz/, target `rules`): with lone CRs (old Mac CSV) every row
@@ -623,7 +628,9 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(read.rows[0].1.email, "a@f.test");
         assert_eq!(read.rows[0].1.country, "KR");
-        let err = read_invite_csv(b"company,country\nA,KR").err().unwrap_or_default();
+        let err = read_invite_csv(b"company,country\nA,KR")
+            .err()
+            .unwrap_or_default();
         assert!(err.contains("must name the columns"), "{err}");
     }
 

@@ -24,8 +24,13 @@ fn message(shape: &str, len: usize) -> Vec<u8> {
     match shape {
         // a reply with a long quote below its own line
         "plain" | "oversize" => {
-            raw.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n\r\nYes, confirmed.\r\n\r\n");
-            fill(&mut raw, b"> quoted text quoted text quoted text quoted text quoted text\r\n");
+            raw.extend_from_slice(
+                b"Content-Type: text/plain; charset=utf-8\r\n\r\nYes, confirmed.\r\n\r\n",
+            );
+            fill(
+                &mut raw,
+                b"> quoted text quoted text quoted text quoted text quoted text\r\n",
+            );
         }
         // quoted-printable made of soft line breaks and encoded bytes
         "qp" => {
@@ -35,14 +40,19 @@ fn message(shape: &str, len: usize) -> Vec<u8> {
         // one base64 body
         "base64" => {
             raw.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n");
-            fill(&mut raw, b"WWVzLCBjb25maXJtZWQuID4gcXVvdGVkIHRleHQgcXVvdGVkIHRleHQgcXVvdGVk\r\n");
+            fill(
+                &mut raw,
+                b"WWVzLCBjb25maXJtZWQuID4gcXVvdGVkIHRleHQgcXVvdGVkIHRleHQgcXVvdGVk\r\n",
+            );
         }
         // as many parts as the MIME limits let through, filling the message
         "multipart" => {
             raw.extend_from_slice(b"Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n");
             let part = len / 30;
             for i in 0..29 {
-                raw.extend_from_slice(format!("--b\r\nContent-Type: text/plain\r\n\r\nPart {i}\r\n").as_bytes());
+                raw.extend_from_slice(
+                    format!("--b\r\nContent-Type: text/plain\r\n\r\nPart {i}\r\n").as_bytes(),
+                );
                 let end = raw.len() + part;
                 while raw.len() < end {
                     raw.extend_from_slice(b"> quoted text quoted text quoted text\r\n");
@@ -138,7 +148,11 @@ fn one_message_at_the_size_cap_costs_bounded_memory() {
         let growth: u64 = field("growth=").parse().unwrap_or_else(|e| panic!("{e}"));
         let outcome = line.split(" outcome=").nth(1).unwrap_or_default();
         assert!(outcome.starts_with(want), "{shape}: {line}");
-        assert_eq!(field("refs="), "1", "{shape}: the plus address is found: {line}");
+        assert_eq!(
+            field("refs="),
+            "1",
+            "{shape}: the plus address is found: {line}"
+        );
         assert!(
             growth <= PEAK_GROWTH_LIMIT,
             "{shape}: classifying one message raised the peak RSS by {growth} bytes (limit {PEAK_GROWTH_LIMIT}): {line}"

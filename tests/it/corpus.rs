@@ -635,7 +635,11 @@ fn escape_sequences_from_a_sender_reach_neither_the_log_nor_invited_inbound_raw(
     crate::harness::wait_for(
         "the inbound line in the log",
         std::time::Duration::from_secs(10),
-        || d.log().contains("esc\\u{1b}[2Jid@attacker.test").then_some(()),
+        || {
+            d.log()
+                .contains("esc\\u{1b}[2Jid@attacker.test")
+                .then_some(())
+        },
     );
     let log = d.log();
     for raw in [
