@@ -92,10 +92,12 @@ async fn admin_metrics(State(st): S) -> Response {
 }
 
 /// Prometheus text: outbox depth, sent / retried / failed, inbound by outcome, transitions by
-/// kind, connections per listener.
+/// kind, connections per listener, store flushes.
 fn metrics(app: &App) -> Response {
     let (queued, dead) = app.outbox_gauges();
-    let body = app.metrics.render(queued, dead);
+    let mut body = app.metrics.render(queued, dead);
+    let (flushes, waits) = app.store.flush_counts();
+    crate::metrics::Metrics::render_store(&mut body, flushes, waits);
     (
         [(
             axum::http::header::CONTENT_TYPE,

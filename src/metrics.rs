@@ -171,6 +171,15 @@ impl Metrics {
         s
     }
 
+    /// The store's group commit: flushes, and the callers they made durable (their ratio is the
+    /// mean group size).
+    pub fn render_store(s: &mut String, flushes: u64, waits: u64) {
+        s.push_str("# HELP invited_store_flushes_total Store flushes (each one waits for the disk).\n# TYPE invited_store_flushes_total counter\n");
+        s.push_str(&format!("invited_store_flushes_total {flushes}\n"));
+        s.push_str("# HELP invited_store_flush_waits_total Callers made durable by those flushes (group commit: many per flush).\n# TYPE invited_store_flush_waits_total counter\n");
+        s.push_str(&format!("invited_store_flush_waits_total {waits}\n"));
+    }
+
     fn render_listeners(&self, s: &mut String) {
         let listeners = self
             .listeners

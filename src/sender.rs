@@ -595,12 +595,21 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_millis((base as f64 * 1000.0 * jitter) as u64)
 }
 
-type SendResult = (OutboxItem, Result<(), SendError>);
+/// A send's result on its way to the recorder, with the dispatcher's permit it still holds.
+type SendResult = (
+    OutboxItem,
+    Result<(), SendError>,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 /// A pipeline, so the SMTP connections stay busy: the dispatcher keeps up to
 /// `transport.max_in_flight(concurrency)` sends in flight (`PIPELINE_DEPTH` per SMTP connection,
-/// so each connection has its next message ready), a recorder writes their results in groups (one batch and one flush per group), and an
-/// item is not fetched again while it is in flight or its result is not yet recorded.
+/// so each connection has its next message ready), and a recorder writes each result as soon as
+/// it comes (the server's 250), all that have come in one batch, and makes it durable (group
+/// commit: `Store::flush`). A send holds its permit until its result is durable, so at any moment
+/// at most `max_in_flight` messages are sent or being sent without a durable mark: what a
+/// `kill -9` can make the daemon send again. An item is not fetched again while it is in
+/// flight or its result is not yet written.
 pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: CancellationToken) {
     run_with_clock(
         app,
@@ -651,7 +660,7 @@ pub async fn run_with_clock(
         // The read and the filter happen under the in-flight lock. The recorder writes a result
         // before it takes this lock to drop the id, so an item is either still marked in flight
         // here or already recorded in what we read — never neither, which would send it twice.
-        let due: Vec<OutboxItem> = {
+        let due: Vec<OutboxItem> = crate::store::off_runtime(|| {
             let busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
             match app.store.read().outbox_due(&now, 1024) {
                 Ok(d) => d.into_iter().filter(|i| !busy.contains(&i.id)).collect(),
@@ -660,9 +669,10 @@ pub async fn run_with_clock(
                     Vec::new()
                 }
             }
-        };
+        });
         if due.is_empty() {
-            let wait = match app.store.read().outbox_next_due() {
+            let next_due = crate::store::off_runtime(|| app.store.read().outbox_next_due());
+            let wait = match next_due {
                 Ok(Some(ms)) => {
                     Duration::from_millis((ms - now.timestamp_millis()).clamp(10, 1000) as u64)
                 }
@@ -744,8 +754,8 @@ pub async fn run_with_clock(
                         Err(_) => {}
                     }
                 }
-                let _ = tx.send((item, res)).await;
-                drop(permit);
+                // the permit goes with the result: released once the result is durable
+                let _ = tx.send((item, res, permit)).await;
             });
         }
     }
@@ -801,32 +811,49 @@ async fn record(
     recorded: Arc<tokio::sync::Notify>,
     clock: Arc<dyn crate::pacing::Clock>,
 ) {
+    // Durability waits of written groups; while one waits for the disk, the next group is written
+    // and joins the same or the next flush.
+    let mut durable = tokio::task::JoinSet::new();
     while let Some(first) = rx.recv().await {
-        // Group results for up to 20 ms: one batch and one flush per group, not per message.
+        // every result that has come by now: one batch
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
         while batch.len() < 1024 {
-            tokio::select! {
-                r = rx.recv() => match r {
-                    Some(r) => batch.push(r),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
             }
         }
-        let ids: Vec<String> = batch.iter().map(|(i, _)| i.id.clone()).collect();
-        if let Err(e) = app.record_sends(batch, clock.now()).await {
-            // the items stay queued and are sent again (same Message-ID)
-            tracing::error!(error = %e, "recording send results");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut ids = Vec::with_capacity(batch.len());
+        let mut permits = Vec::with_capacity(batch.len());
+        let mut results = Vec::with_capacity(batch.len());
+        for (item, res, permit) in batch {
+            ids.push(item.id.clone());
+            permits.push(permit);
+            results.push((item, res));
         }
-        let mut busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        for id in ids {
-            busy.remove(&id);
-        }
-        drop(busy);
-        recorded.notify_one();
+        let written = app.apply_sends(results, clock.now());
+        let (app, in_flight, recorded) = (app.clone(), in_flight.clone(), recorded.clone());
+        durable.spawn(async move {
+            let r = match written {
+                Ok(()) => app.commit().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                // the items stay queued and are sent again (same Message-ID)
+                tracing::error!(error = %e, "recording send results");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let mut busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            for id in ids {
+                busy.remove(&id);
+            }
+            drop(busy);
+            drop(permits);
+            recorded.notify_one();
+        });
+        while durable.try_join_next().is_some() {}
     }
+    while durable.join_next().await.is_some() {}
 }
 
 async fn send_one(app: &App, transport: &Transport, item: &OutboxItem) -> Result<(), SendError> {

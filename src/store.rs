@@ -1,11 +1,16 @@
 //! The sled store: records and their indexes, the outbox, reply references, inbound outcomes,
 //! timers. The only module that knows sled. Every change is one atomic batch under one write lock,
 //! and callers flush (`Store::flush`) before they acknowledge anything.
+//!
+//! Off the async runtime: a batch (waiting for the write lock included) and the sender's queue
+//! scans run through [`off_runtime`], which hands the runtime worker's other tasks to another
+//! thread first; flushes run on the blocking pool. Group commit: [`Store::flush`] waits for one
+//! sled flush that starts after the call, and every caller waiting meanwhile shares that flush.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -101,10 +106,120 @@ pub struct DueTimer {
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
-    write_lock: Arc<Mutex<()>>,
+    write_lock: Arc<FairLock>,
     /// Queued (`q/`) and dead (`d/`) outbox items, counted once at open and kept by every batch
     /// (`Txn::put_outbox`), so the gauges, STATUS and a bulk command's progress never scan.
     counts: Arc<OutboxCounts>,
+    group: Arc<GroupCommit>,
+}
+
+/// Runs blocking store work without blocking a runtime worker: on a multi-threaded runtime
+/// through `block_in_place` (the worker's other tasks move to another thread first, so pages
+/// and the sender keep running while this waits for the write lock or the disk); outside a
+/// runtime, or on a single-threaded one (some tests and benches), in place.
+pub fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// The write lock, first come first served: a long run of batches (a bulk CSV in chunks) cannot
+/// starve the sender's result batches or a link confirmation; each waits at most for the
+/// batches that were already waiting.
+#[derive(Default)]
+struct FairLock {
+    /// (next ticket to hand out, ticket being served)
+    tickets: Mutex<(u64, u64)>,
+    turn: Condvar,
+}
+
+struct FairGuard<'a>(&'a FairLock);
+
+impl FairLock {
+    fn lock(&self) -> FairGuard<'_> {
+        let mut t = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = t.0;
+        t.0 += 1;
+        while t.1 != mine {
+            t = self.turn.wait(t).unwrap_or_else(|p| p.into_inner());
+        }
+        FairGuard(self)
+    }
+}
+
+impl Drop for FairGuard<'_> {
+    fn drop(&mut self) {
+        let mut t = self.0.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        t.1 += 1;
+        drop(t);
+        self.0.turn.notify_all();
+    }
+}
+
+/// Group commit: callers of [`Store::flush`] queue here; one flusher on the blocking pool runs
+/// while anyone waits, takes every waiter queued so far, flushes once and answers them all.
+#[derive(Default)]
+struct GroupCommit {
+    state: Mutex<GroupState>,
+    flushes: AtomicU64,
+    waits: AtomicU64,
+}
+
+#[derive(Default)]
+struct GroupState {
+    running: bool,
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
+}
+
+/// The flusher's run; whoever drops it (normally the flusher itself, with nobody waiting; or the
+/// runtime, if it shuts down before the task ran) answers anyone still queued, so no caller waits
+/// forever.
+struct Flusher(Store);
+
+impl Flusher {
+    fn run(&self) {
+        while let Some(waiting) = self.take() {
+            let r = self.0.db.flush().map(drop).map_err(|e| e.to_string());
+            self.0.group.flushes.fetch_add(1, Ordering::Relaxed);
+            self.0
+                .group
+                .waits
+                .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+            for w in waiting {
+                let _ = w.send(r.clone());
+            }
+        }
+    }
+
+    /// Everyone queued now; None (and the flusher ends) when nobody is.
+    fn take(&self) -> Option<Vec<tokio::sync::oneshot::Sender<Result<(), String>>>> {
+        let mut st = self.0.group.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.waiting.is_empty() {
+            st.running = false;
+            None
+        } else {
+            Some(std::mem::take(&mut st.waiting))
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        let left = {
+            let mut st = self.0.group.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.running = false;
+            std::mem::take(&mut st.waiting)
+        };
+        if !left.is_empty() {
+            let r = self.0.db.flush().map(drop).map_err(|e| e.to_string());
+            for w in left {
+                let _ = w.send(r.clone());
+            }
+        }
+    }
 }
 
 /// Marks that the customer index (`c/<authorization>/<customer>`) covers every customer invitation.
@@ -159,8 +274,9 @@ impl Store {
         let store = Store {
             db,
             tree,
-            write_lock: Arc::new(Mutex::new(())),
+            write_lock: Arc::default(),
             counts: Arc::default(),
+            group: Arc::default(),
         };
         store.check_format()?;
         store.build_customer_index()?;
@@ -270,50 +386,80 @@ impl Store {
         Ok(())
     }
 
-    /// Makes everything written so far durable. Blocking: call from `spawn_blocking` in async code
-    /// (sled's `flush_async` has a known deadlock).
+    /// Makes everything written so far durable, on this thread (sled's `flush_async` has a known
+    /// deadlock). For code outside the runtime; async code awaits [`Store::flush`].
     pub fn flush_blocking(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
     }
 
+    /// Makes every batch applied before this call durable (sled writes its log and waits for the
+    /// disk). Group commit: the call queues, and one flush that starts after it answers it and
+    /// everyone else who queued meanwhile; the flusher runs on the blocking pool while anyone
+    /// waits (see [`GroupCommit`]).
     pub async fn flush(&self) -> Result<()> {
-        let s = self.clone();
-        tokio::task::spawn_blocking(move || s.flush_blocking())
-            .await
-            .map_err(|e| StoreError::Other(format!("flush task: {e}")))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut st = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.waiting.push(tx);
+            !std::mem::replace(&mut st.running, true)
+        };
+        if start {
+            let flusher = Flusher(self.clone());
+            // a runtime shutting down drops the closure unrun: `Flusher::drop` answers then
+            drop(tokio::task::spawn_blocking(move || flusher.run()));
+        }
+        match rx.await {
+            Ok(r) => r.map_err(StoreError::Other),
+            Err(_) => Err(StoreError::Other("the store flusher stopped".into())),
+        }
+    }
+
+    /// Flushes so far and callers they served (one flush serves every caller queued before it
+    /// started): `/metrics`.
+    pub fn flush_counts(&self) -> (u64, u64) {
+        (
+            self.group.flushes.load(Ordering::Relaxed),
+            self.group.waits.load(Ordering::Relaxed),
+        )
     }
 
     /// Runs `f` under the write lock; its writes are applied as one atomic batch if it returns Ok.
+    /// Off the runtime's workers ([`off_runtime`]): waiting for the lock, `f`'s reads and the
+    /// batch itself.
     pub fn write<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&mut Txn) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut txn = Txn::new(&self.tree);
-        let out = f(&mut txn)?;
-        let mut batch = sled::Batch::default();
-        for (k, v) in txn.overlay {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
+        off_runtime(|| {
+            let _guard = self.write_lock.lock();
+            let mut txn = Txn::new(&self.tree);
+            let out = f(&mut txn)?;
+            let mut batch = sled::Batch::default();
+            for (k, v) in txn.overlay {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
             }
-        }
-        self.tree.apply_batch(batch).map_err(StoreError::from)?;
-        self.counts.add(txn.counted);
-        Ok(out)
+            self.tree.apply_batch(batch).map_err(StoreError::from)?;
+            self.counts.add(txn.counted);
+            Ok(out)
+        })
     }
 
     /// Every entry, read under the write lock so no batch lands halfway through: a consistent
     /// copy for a backup. Holds the lock for one pass over the store.
     pub fn snapshot(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        for kv in self.tree.iter() {
-            let (k, v) = kv?;
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        off_runtime(|| {
+            let _guard = self.write_lock.lock();
+            let mut out = Vec::new();
+            for kv in self.tree.iter() {
+                let (k, v) = kv?;
+                out.push((k.to_vec(), v.to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     /// Creates a store at `path` (which must not hold one) from backup entries, flushed. The
@@ -1026,5 +1172,125 @@ mod tests {
         }
         let store = open(dir.path());
         assert_eq!(store.read().sent_since(&at).unwrap_or(0), 1);
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = Store::open(&dir.path().join("store"), 1_000_000).unwrap_or_else(|e| panic!("{e}"));
+        (dir, s)
+    }
+
+    fn put(s: &Store, name: &str) {
+        s.write(|txn| -> Result<()> {
+            txn.set_meta(name, "1");
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// One flush answers every caller queued before it started.
+    #[test]
+    fn one_flush_answers_everyone_queued() {
+        let (_d, s) = store();
+        let mut answers = Vec::new();
+        {
+            let mut st = s.group.state.lock().unwrap_or_else(|p| p.into_inner());
+            for i in 0..10 {
+                put(&s, &format!("w{i}"));
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                st.waiting.push(tx);
+                answers.push(rx);
+            }
+            st.running = true;
+        }
+        Flusher(s.clone()).run();
+        for mut rx in answers {
+            assert_eq!(rx.try_recv(), Ok(Ok(())));
+        }
+        assert_eq!(s.flush_counts(), (1, 10));
+        assert!(
+            !s.group
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .running
+        );
+    }
+
+    /// A flusher dropped before it ran (the runtime shutting down) still answers its callers.
+    #[test]
+    fn a_flusher_that_never_ran_answers_on_drop() {
+        let (_d, s) = store();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        {
+            let mut st = s.group.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.waiting.push(tx);
+            st.running = true;
+        }
+        drop(Flusher(s.clone()));
+        assert_eq!(rx.try_recv(), Ok(Ok(())));
+        assert!(
+            !s.group
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .running
+        );
+    }
+
+    /// Many writers flushing at once: every one is answered, each by a flush that started after
+    /// its call, and they share flushes (never more flushes than callers).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_share_flushes() {
+        let (_d, s) = store();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let s = s.clone();
+            set.spawn(async move {
+                put(&s, &format!("c{i}"));
+                s.flush().await
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+        }
+        let (flushes, waits) = s.flush_counts();
+        assert_eq!(waits, 64);
+        assert!((1..=64).contains(&flushes), "{flushes} flushes");
+        for i in 0..64 {
+            assert_eq!(
+                s.read().meta(&format!("c{i}")).ok().flatten().as_deref(),
+                Some("1")
+            );
+        }
+    }
+
+    /// The write lock serves writers in the order they came.
+    #[test]
+    fn the_write_lock_is_first_come_first_served() {
+        let lock = Arc::new(FairLock::default());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let first = lock.lock();
+        let mut threads = Vec::new();
+        for n in 0..4u64 {
+            let (l, order) = (lock.clone(), order.clone());
+            threads.push(std::thread::spawn(move || {
+                let _g = l.lock();
+                order.lock().unwrap_or_else(|p| p.into_inner()).push(n);
+            }));
+            // the next thread starts only once this one holds its ticket
+            while lock.tickets.lock().unwrap_or_else(|p| p.into_inner()).0 < n + 2 {
+                std::thread::yield_now();
+            }
+        }
+        drop(first);
+        for t in threads {
+            t.join()
+                .unwrap_or_else(|_| panic!("writer thread panicked"));
+        }
+        assert_eq!(
+            *order.lock().unwrap_or_else(|p| p.into_inner()),
+            vec![0, 1, 2, 3]
+        );
     }
 }

@@ -9,7 +9,7 @@ impl App {
         let Some((kid, claims, mac)) = Keys::decode(tok) else {
             return LinkCheck::Invalid(token::Invalid::Malformed);
         };
-        let rec = match self.store.read().record(&claims.record) {
+        let rec = match crate::store::off_runtime(|| self.store.read().record(&claims.record)) {
             Ok(Some(r)) => r,
             _ => return LinkCheck::Invalid(token::Invalid::BadMac),
         };

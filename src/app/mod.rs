@@ -647,7 +647,10 @@ impl App {
                 )?;
                 self.save(txn, rec)?;
                 Self::queue_provider_notice(sh, txn, rec, "", now)?;
-                self.revoke_pending_customers(txn, rec, channel, now)?;
+                // No customer invitation to revoke: one needs its provider authorized, and this
+                // authorization was `invited` until now (nothing leads back to `invited`), so it
+                // never was. Looking would read every record of the provider (10,000 reads per
+                // decline after a 10,000-row CSV).
             }
             (Purpose::AcceptCustomer, Action::Accept) => {
                 // the provider must still be authorized now, not only when the invitation went out

@@ -3,9 +3,27 @@
 use super::*;
 
 impl App {
-    /// Records what the sender did with a batch: sent, rescheduled, or dead (and then the
-    /// record becomes undeliverable, with the server's reply in its history).
+    /// Records what the sender did with a batch and makes it durable: [`App::apply_sends`], then
+    /// [`App::commit`].
     pub async fn record_sends(
+        &self,
+        results: Vec<(
+            OutboxItem,
+            std::result::Result<(), crate::sender::SendError>,
+        )>,
+        now: Timestamp,
+    ) -> Result<()> {
+        if results.is_empty() {
+            return Ok(());
+        }
+        self.apply_sends(results, now)?;
+        self.commit().await
+    }
+
+    /// Writes what the sender did with a batch, as one store batch (not yet durable: the caller
+    /// awaits [`App::commit`] before it treats the results as recorded): sent, rescheduled, or
+    /// dead (and then the record becomes undeliverable, with the server's reply in its history).
+    pub fn apply_sends(
         &self,
         results: Vec<(
             OutboxItem,
@@ -84,8 +102,7 @@ impl App {
                 txn.put_outbox(&item)?;
             }
             Ok(())
-        })?;
-        self.commit().await
+        })
     }
 
     /// `send-test-email ADDR`: a test message through the outbox and the configured transport.
