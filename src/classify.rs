@@ -1687,10 +1687,12 @@ mod tests {
              0900\n\n--q9RDCuol017809.1351343576/mta.example.jp\nContent-Type: message/rfc822\n\n\
              R3exap\nContent-Type: message/rfc822\n\nn\n\n--q9RDCuol017809.1351343576/mta.example.jp--"
         );
-        let parsed = std::panic::catch_unwind(|| {
-            MessageParser::default().parse(raw.as_bytes()).map(|_| ())
-        });
-        assert!(parsed.is_err(), "mail-parser still panics on it (else drop this note)");
+        let parsed =
+            std::panic::catch_unwind(|| MessageParser::default().parse(raw.as_bytes()).map(|_| ()));
+        assert!(
+            parsed.is_err(),
+            "mail-parser still panics on it (else drop this note)"
+        );
         let m = classify(raw.as_bytes(), "replies");
         assert_eq!(reason(&m), "unparsable: the mail parser panicked", "{m:?}");
         assert_eq!(m.message_id.as_deref(), Some("panic@f.test"));

@@ -607,7 +607,12 @@ mod tests {
             v.iter().map(|(l, e)| (*l, e.to_string())).collect()
         };
         let three = want(&[(2, "a@f.test"), (3, "b@f.test"), (4, "c@f.test")]);
-        let body = ["email,company,country", "a@f.test,A,KR", "b@f.test,B,KR", "c@f.test,C,KR"];
+        let body = [
+            "email,company,country",
+            "a@f.test,A,KR",
+            "b@f.test,B,KR",
+            "c@f.test,C,KR",
+        ];
         assert_eq!(lines(&body.join("\n")), three, "LF");
         assert_eq!(lines(&body.join("\r\n")), three, "CRLF");
         // Found by the fuzzer (fuzz/, target `rules`): with lone CRs (old Mac CSV) every row
@@ -623,7 +628,9 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(read.rows[0].1.email, "a@f.test");
         assert_eq!(read.rows[0].1.country, "KR");
-        let err = read_invite_csv(b"company,country\nA,KR").err().unwrap_or_default();
+        let err = read_invite_csv(b"company,country\nA,KR")
+            .err()
+            .unwrap_or_default();
         assert!(err.contains("must name the columns"), "{err}");
     }
 
