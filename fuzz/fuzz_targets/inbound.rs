@@ -30,10 +30,16 @@ fn contain_parser_panics() {
         let abort = std::panic::take_hook();
         let seen = Mutex::new(HashSet::new());
         std::panic::set_hook(Box::new(move |info| {
-            let place = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+            let place = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()));
             match place {
                 Some(p) if p.contains("/mail-parser-") => {
-                    if seen.lock().map(|mut s| s.insert(p.clone())).unwrap_or(false) {
+                    if seen
+                        .lock()
+                        .map(|mut s| s.insert(p.clone()))
+                        .unwrap_or(false)
+                    {
                         eprintln!("contained mail-parser panic at {p}: {info}");
                     }
                 }
@@ -44,11 +50,17 @@ fn contain_parser_panics() {
 }
 
 fn clean(what: &str, s: &str) {
-    assert!(!s.chars().any(is_escaped), "{what} has a raw control character: {s:?}");
+    assert!(
+        !s.chars().any(is_escaped),
+        "{what} has a raw control character: {s:?}"
+    );
 }
 
 fn lower(what: &str, s: &str) {
-    assert!(!s.bytes().any(|b| b.is_ascii_uppercase()), "{what} not lowercase: {s:?}");
+    assert!(
+        !s.bytes().any(|b| b.is_ascii_uppercase()),
+        "{what} not lowercase: {s:?}"
+    );
 }
 
 fn check(inb: &classify::Inbound) {
@@ -107,6 +119,9 @@ fuzz_target!(|data: &[u8]| {
     let head = &data[..data.len().min(MAX_HEAD_BYTES)];
     let big = classify::classify_too_large(head, 20 << 20, "replies");
     check(&big);
-    assert!(matches!(big.classification, Classification::Unrecognised { .. }));
+    assert!(matches!(
+        big.classification,
+        Classification::Unrecognised { .. }
+    ));
     let _ = classify::command_keyword(&String::from_utf8_lossy(data));
 });

@@ -30,7 +30,10 @@ fn cfg() -> &'static Config {
 fn text_ok(what: &str, s: &str, max: usize, required: bool) {
     assert!(s.chars().count() <= max, "{what} longer than {max}: {s:?}");
     assert!(!required || !s.is_empty(), "{what} empty");
-    assert!(!s.chars().any(is_escaped), "{what} with a control character: {s:?}");
+    assert!(
+        !s.chars().any(is_escaped),
+        "{what} with a control character: {s:?}"
+    );
     assert_eq!(s, s.trim(), "{what} not trimmed");
 }
 
@@ -46,7 +49,11 @@ fn enrollment(f: &EnrollFields) {
     text_ok("contact_phone", &e.primary_contact.phone, 40, true);
     text_ok("support_phone", &e.support.phone, 40, true);
     text_ok("mpn_id", &e.mpn.id, 20, true);
-    assert!(e.mpn.id.chars().all(|c| c.is_ascii_digit()), "{:?}", e.mpn.id);
+    assert!(
+        e.mpn.id.chars().all(|c| c.is_ascii_digit()),
+        "{:?}",
+        e.mpn.id
+    );
     assert!(is_country(&e.country) && e.country == e.mpn.country);
     assert!(LOCALES.contains(&locale.as_str()), "{locale}");
     assert!(!cfg().is_webmail(e.primary_contact.email.domain()));
