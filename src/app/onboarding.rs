@@ -103,10 +103,11 @@ impl App {
     /// Many rows (a chunk of a CSV): a bad row is reported and never stops the rest. The rows
     /// are written in store batches of [`BULK_BATCH_ROWS`], each on the blocking pool, so the
     /// write lock (and sled's, which holds every reader back while a batch is applied) is only
-    /// ever held for a few milliseconds and pages keep answering; each row is one atomic
-    /// batch with its mail as always. The whole chunk is flushed before the answer: durable
-    /// when acknowledged. A row already invited (live authorization) is `existing`, so sending
-    /// the same CSV again changes nothing.
+    /// ever held for a few milliseconds and pages keep answering; a row and its mail are always
+    /// in the same batch. The whole chunk is flushed before the answer: durable when
+    /// acknowledged. Should a batch fail, the batches before it stand (unflushed) and the
+    /// error is the answer; a row already invited (live authorization) is `existing`, so
+    /// sending the same CSV again completes it without inviting anyone twice.
     pub async fn invite_bulk(
         self: &Arc<Self>,
         provider: &str,
