@@ -599,7 +599,7 @@ mod tests {
             let read = read_invite_csv(data.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
             let mut all: Vec<(u64, String)> =
                 read.rows.into_iter().map(|(l, r)| (l, r.email)).collect();
-            all.extend(read.unreadable.into_iter().map(|(l, why)| (l, why)));
+            all.extend(read.unreadable);
             all.sort();
             all
         };
