@@ -509,6 +509,19 @@ impl OutboxCounts {
     }
 }
 
+/// A sent item is never rendered again (only dead ones are retried), so its template fields
+/// are not kept: about half of what a sent item weighs until it is pruned.
+fn encode_outbox(item: &OutboxItem) -> Vec<u8> {
+    if item.state == crate::outbox::OutboxState::Sent {
+        let mut kept = item.clone();
+        kept.fields = crate::outbox::MailFieldsV1::default();
+        kept.to_name.clear();
+        encode(&kept)
+    } else {
+        encode(item)
+    }
+}
+
 fn sent_key(at: &Timestamp, id: &str) -> String {
     format!("t/{}/{id}", ms_key(at))
 }
@@ -685,7 +698,7 @@ impl Txn<'_> {
             }
         }
         self.index_outbox(item);
-        self.insert(key, encode(item));
+        self.insert(key, encode_outbox(item));
         Ok(())
     }
 
@@ -693,7 +706,7 @@ impl Txn<'_> {
     /// `<ref>`), without looking for an older copy.
     pub fn put_new_outbox(&mut self, item: &OutboxItem) {
         self.index_outbox(item);
-        self.insert(format!("o/{}", item.id), encode(item));
+        self.insert(format!("o/{}", item.id), encode_outbox(item));
     }
 
     fn index_outbox(&mut self, item: &OutboxItem) {
