@@ -96,7 +96,7 @@ async fn admin_metrics(State(st): S) -> Response {
 fn metrics(app: &App) -> Response {
     let (queued, dead) = app.outbox_gauges();
     let mut body = app.metrics.render(queued, dead);
-    let (flushes, waits) = app.store.flush_counts();
+    let (flushes, waits) = app.store_flush_counts();
     crate::metrics::Metrics::render_store(&mut body, flushes, waits);
     (
         [(
@@ -151,7 +151,7 @@ async fn status(State(st): S) -> R {
         "http": st.http_addr,
         "admin_http": st.admin_addr,
         "metrics": st.metrics_addr,
-        "outbox_depth": st.app.store.outbox_depth(),
+        "outbox_depth": st.app.outbox_gauges().0,
     }))
 }
 

@@ -270,7 +270,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     {
         tracing::warn!("tasks still busy at the stop deadline; their work stays queued");
     }
-    app.store.flush().await?;
+    app.flush_store().await?;
     let _ = std::fs::remove_file(&cfg.admin_socket);
     tracing::info!("stopped");
     Ok(())

@@ -95,7 +95,7 @@ async fn style(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn ready(State(app): State<Arc<App>>) -> Response {
-    if app.store.is_open() {
+    if app.store_is_open() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "store not open\n").into_response()
@@ -142,19 +142,6 @@ fn locale_for(app: &App, q: &HashMap<String, String>, rec: &Record) -> String {
     )
 }
 
-fn reseller_company(app: &App, rec: &Record) -> String {
-    rec.customer()
-        .and_then(|c| {
-            app.store
-                .read()
-                .record(&c.reseller_enrollment)
-                .ok()
-                .flatten()
-        })
-        .map(|e| e.company().to_string())
-        .unwrap_or_default()
-}
-
 fn page_name(app: &App, rec: &Record, purpose: Purpose) -> &'static str {
     match purpose {
         Purpose::VerifyContact => "page_verify_contact",
@@ -163,17 +150,7 @@ fn page_name(app: &App, rec: &Record, purpose: Purpose) -> &'static str {
         // never open on `/t/` (`check_link` refuses the purpose there)
         Purpose::Unsubscribe => "page_invalid",
         Purpose::AuthorizeProvider => {
-            let active = app
-                .store
-                .read()
-                .records_for_recipient(rec.recipient())
-                .map(|rs| {
-                    rs.iter().any(|r| {
-                        r.enrollment()
-                            .is_some_and(|e| e.state == crate::model::EnrollmentState::Active)
-                    })
-                })
-                .unwrap_or(false);
+            let active = app.recipient_is_active_reseller(rec.recipient());
             if active {
                 "page_authorize_provider"
             } else {
@@ -207,7 +184,7 @@ async fn open(
                 Some(&record),
                 &token,
                 &locale,
-                &reseller_company(&app, &record),
+                &app.reseller_company(&record),
             );
             page(&app, page_name(&app, &record, purpose), &ctx)
         }
@@ -331,7 +308,7 @@ async fn submit(
                 Some(&record),
                 &token,
                 &locale,
-                &reseller_company(&app, &record),
+                &app.reseller_company(&record),
             );
             ctx.consent_error = true;
             let mut res = page(&app, page_name(&app, &record, purpose), &ctx);

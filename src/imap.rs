@@ -214,23 +214,6 @@ fn position_key(cfg: &ImapConfig) -> String {
     )
 }
 
-/// (UIDVALIDITY, last handled UID) as kept in the store.
-fn position(app: &App, key: &str) -> Option<(u32, u32)> {
-    let v = app.store.read().meta(key).ok().flatten()?;
-    let (a, b) = v.split_once(':')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
-}
-
-async fn set_position(app: &App, key: &str, validity: u32, uid: u32) -> anyhow::Result<()> {
-    app.store
-        .write(|txn| -> Result<(), crate::store::StoreError> {
-            txn.set_meta(key, &format!("{validity}:{uid}"));
-            Ok(())
-        })?;
-    app.store.flush().await?;
-    Ok(())
-}
-
 /// Handles every message above the last handled UID; returns how many were handled.
 pub async fn pass(
     app: &App,
@@ -244,7 +227,7 @@ pub async fn pass(
         .with_context(|| format!("SELECT {}", cfg.mailbox))?;
     let validity = mbox.uid_validity.unwrap_or(0);
     let key = position_key(cfg);
-    let last = match position(app, &key) {
+    let last = match app.inbound_position(&key) {
         Some((v, uid)) if v == validity => uid,
         Some((v, _)) => {
             // A recreated mailbox: UIDs start again. Messages already handled are recognised by
@@ -364,13 +347,13 @@ pub async fn pass(
         }
         if let Some((uid, e)) = error {
             if let Some(before) = group.iter().map(|(u, _)| *u).filter(|u| *u < uid).max() {
-                set_position(app, &key, validity, before).await?;
+                app.set_inbound_position(&key, validity, before).await?;
             }
             return Err(anyhow!("message UID {uid} left for the next pass: {e}"));
         }
         // the whole group is handled (or was expunged): the position moves past it
         if let Some((last, _)) = group.last() {
-            set_position(app, &key, validity, *last).await?;
+            app.set_inbound_position(&key, validity, *last).await?;
         }
     }
     Ok(handled)

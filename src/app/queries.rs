@@ -285,6 +285,70 @@ impl App {
         (self.store.outbox_depth(), self.store.outbox_dead_count())
     }
 
+    // ---- for the edges: what HTTP, IMAP, the admin API and the daemon ask of the store ------
+
+    /// Whether the store answers (`/readyz`).
+    pub fn store_is_open(&self) -> bool {
+        self.store.is_open()
+    }
+
+    /// The store's flushes so far and the callers that waited on one (for `/metrics`).
+    pub fn store_flush_counts(&self) -> (u64, u64) {
+        self.store.flush_counts()
+    }
+
+    /// Makes everything written so far durable (at a stop).
+    pub async fn flush_store(&self) -> Result<()> {
+        Ok(self.store.flush().await?)
+    }
+
+    /// The company of the reseller enrollment behind a customer invitation (its pages name
+    /// it), or "" for other records or when it is gone.
+    pub fn reseller_company(&self, rec: &Record) -> String {
+        rec.customer()
+            .and_then(|c| {
+                self.store
+                    .read()
+                    .record(&c.reseller_enrollment)
+                    .ok()
+                    .flatten()
+            })
+            .map(|e| e.company().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Whether the address already has an active enrollment (a provider invitation's page
+    /// then asks to authorize, not to enroll).
+    pub fn recipient_is_active_reseller(&self, email: &crate::model::Email) -> bool {
+        self.store
+            .read()
+            .records_for_recipient(email)
+            .map(|rs| {
+                rs.iter().any(|r| {
+                    r.enrollment()
+                        .is_some_and(|e| e.state == crate::model::EnrollmentState::Active)
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// An inbound mailbox's position (UIDVALIDITY, last handled UID), kept under `key`.
+    pub fn inbound_position(&self, key: &str) -> Option<(u32, u32)> {
+        let v = self.store.read().meta(key).ok().flatten()?;
+        let (a, b) = v.split_once(':')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    }
+
+    /// Records an inbound mailbox's position, durably.
+    pub async fn set_inbound_position(&self, key: &str, validity: u32, uid: u32) -> Result<()> {
+        self.store
+            .write(|txn| -> Result<(), crate::store::StoreError> {
+                txn.set_meta(key, &format!("{validity}:{uid}"));
+                Ok(())
+            })?;
+        self.flush_store().await
+    }
+
     /// The outbox as `outbox` prints it, item by item (blocking); `--dead` reads the
     /// dead-letter index, not every item.
     pub fn emit_outbox(&self, dead_only: bool, emit: &mut dyn FnMut(Value) -> bool) -> Result<()> {
