@@ -42,7 +42,9 @@ pub enum StoreError {
 /// of misreading it. 4 drops the reply references (`m/<ref>`): a reply's `<ref>` resolves
 /// through its outbox item (`o/<ref>`), which holds everything the reference did, so a queued
 /// message is one key fewer; and an outbox item leaves out empty template fields (a sent item
-/// has none), which a format-3 binary could not read.
+/// has none), which a format-3 binary could not read; and an invitation's reminder timer arms
+/// its expiry timer when it runs (one timer key where there were two), which a format-3 binary
+/// would not do.
 pub const FORMAT: u32 = 4;
 const FORMAT_KEY: &[u8] = b"k/format";
 
