@@ -76,6 +76,13 @@ pub struct MailFieldsV1 {
     pub needs_enrollment: bool,
 }
 
+impl MailFieldsV1 {
+    /// Every field empty: what a sent item keeps (it is never rendered again).
+    pub fn is_empty(&self) -> bool {
+        *self == MailFieldsV1::default()
+    }
+}
+
 /// What to sign into the message's link. The token itself is never stored: it is derived again
 /// (deterministically) when the message is rendered, so the store holds no bearer secrets.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -99,10 +106,14 @@ pub struct OutboxItem {
     pub id: String,
     pub message_id: String,
     pub to: Email,
+    // Left out of the stored JSON when empty (a sent item keeps neither, see `store`): store
+    // format 4; read back as the same empty value.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub to_name: String,
     pub kind: MailKind,
     pub locale: String,
     pub record: RecordId,
+    #[serde(default, skip_serializing_if = "MailFieldsV1::is_empty")]
     pub fields: MailFieldsV1,
     pub link: Option<LinkSpec>,
     pub state: OutboxState,

@@ -39,8 +39,13 @@ pub enum StoreError {
 /// invited 0.1.0 wrote (no mark); 2 adds the mark; 3 adds the suppression list (`s/…`), which an
 /// older binary would silently ignore and so mail unsubscribed addresses again. A newer binary
 /// migrates an older store once when it opens it; an older binary refuses a newer store instead
-/// of misreading it.
-pub const FORMAT: u32 = 3;
+/// of misreading it. 4 drops the reply references (`m/<ref>`): a reply's `<ref>` resolves
+/// through its outbox item (`o/<ref>`), which holds everything the reference did, so a queued
+/// message is one key fewer; and an outbox item leaves out empty template fields (a sent item
+/// has none), which a format-3 binary could not read; and an invitation's reminder timer arms
+/// its expiry timer when it runs (one timer key where there were two), which a format-3 binary
+/// would not do.
+pub const FORMAT: u32 = 4;
 const FORMAT_KEY: &[u8] = b"k/format";
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -342,8 +347,12 @@ impl Store {
             return Ok(());
         }
         // 1 → 2: nothing in the layout changed; the store gets its mark. 2 → 3: the suppression
-        // list is new and starts empty; nothing to convert. Later formats add their steps here,
-        // each one batch, in order.
+        // list is new and starts empty; nothing to convert. 3 → 4: the reply references go
+        // (`drop_message_refs`). Later formats add their steps here, in order; each step can run
+        // again if a stop interrupts it (the mark is written last).
+        if found < 4 {
+            self.drop_message_refs()?;
+        }
         self.tree
             .insert(FORMAT_KEY, FORMAT.to_string().as_bytes())?;
         self.flush_blocking()?;
@@ -352,6 +361,34 @@ impl Store {
                 from = found,
                 to = FORMAT,
                 "store migrated to the current format"
+            );
+        }
+        Ok(())
+    }
+
+    /// Format 3 → 4: removes every reply reference (`m/<ref>`) whose outbox item is there to
+    /// answer for it ([`Txn::message_ref`] reads the item); one without its item (none is
+    /// expected: both went together) stays and is still read. In batches of 1,000.
+    fn drop_message_refs(&self) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        for k in self.tree.scan_prefix(b"m/").keys() {
+            let k = k?;
+            let mut item_key = b"o/".to_vec();
+            item_key.extend_from_slice(&k[2..]);
+            if self.tree.contains_key(&item_key)? {
+                batch.remove(k);
+                n += 1;
+                if n.is_multiple_of(1000) {
+                    self.tree.apply_batch(std::mem::take(&mut batch))?;
+                }
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        if n > 0 {
+            tracing::info!(
+                refs = n,
+                "store: reply references folded into their outbox items"
             );
         }
         Ok(())
@@ -782,11 +819,21 @@ impl Txn<'_> {
 
     // ---- reply references ----------------------------------------------------------------
 
-    pub fn put_ref(&mut self, reference: &str, m: &MessageRef) {
-        self.insert(format!("m/{reference}"), encode(m));
-    }
-
+    /// What a reply's `<ref>` points to: read from its outbox item (format 4), or from a
+    /// reference a format-3 store kept without its item. A test email points to no record.
     pub fn message_ref(&self, reference: &str) -> Result<Option<MessageRef>> {
+        if let Some(item) = self.outbox_item(reference)? {
+            if item.kind == crate::outbox::MailKind::TestEmail {
+                return Ok(None);
+            }
+            return Ok(Some(MessageRef {
+                record: item.record,
+                purpose: item.link.as_ref().map(|l| l.purpose),
+                // read only for a message with a link (a notice has no purpose to check)
+                generation: item.link.as_ref().map_or(0, |l| l.generation),
+                message_id: item.message_id,
+            }));
+        }
         self.get_json(format!("m/{reference}").as_bytes())
     }
 
@@ -1044,7 +1091,7 @@ mod tests {
             "invited.test",
             &to,
             "",
-            MailKind::TestEmail,
+            MailKind::ProviderNotice,
             "en-US",
             RecordId([0; 16]),
             MailFieldsV1::default(),
@@ -1073,15 +1120,6 @@ mod tests {
                     let r = format!("ref{i}");
                     let mut it = item(&r, day(*d));
                     txn.put_new_outbox(&it);
-                    txn.put_ref(
-                        &r,
-                        &MessageRef {
-                            record: RecordId([0; 16]),
-                            purpose: None,
-                            generation: 0,
-                            message_id: it.message_id.clone(),
-                        },
-                    );
                     it.state = OutboxState::Sent;
                     it.sent_at = Some(day(*d));
                     txn.put_outbox(&it)?;
@@ -1305,5 +1343,93 @@ mod tests {
             *order.lock().unwrap_or_else(|p| p.into_inner()),
             vec![0, 1, 2, 3]
         );
+    }
+
+    /// Format 3 → 4: a reference whose outbox item is there goes (the item answers for it), one
+    /// without its item stays and is still read; a format-3 item (empty fields written out)
+    /// reads as before; a 4 item leaves its empty fields out; the mark says 4; once.
+    #[test]
+    fn a_format_3_store_loses_its_reply_references_to_the_outbox_items() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let at = Utc
+            .with_ymd_and_hms(2026, 11, 1, 12, 0, 0)
+            .single()
+            .unwrap_or_else(|| panic!("time"));
+        let mut with_link = item("linked", at);
+        with_link.kind = MailKind::ProviderInvitation;
+        with_link.record = RecordId([7; 16]);
+        with_link.link = Some(crate::outbox::LinkSpec {
+            purpose: Purpose::AuthorizeProvider,
+            generation: 3,
+            expires_at: 0,
+        });
+        let mref = |m: &OutboxItem, generation| MessageRef {
+            record: m.record,
+            purpose: m.link.as_ref().map(|l| l.purpose),
+            generation,
+            message_id: m.message_id.clone(),
+        };
+        {
+            let db = sled::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+            let tree = db.open_tree("invited").unwrap_or_else(|e| panic!("{e}"));
+            let put = |k: &str, v: Vec<u8>| {
+                tree.insert(k.as_bytes(), v)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            };
+            put("k/format", b"3".to_vec());
+            put("k/customer-index", Vec::new());
+            put("k/sent-index", b"1".to_vec());
+            // as format 3 wrote it: every field, empty or not
+            let v3 = serde_json::to_value(&with_link).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                v3.get("fields").is_none(),
+                "format 4 leaves empty fields out"
+            );
+            let mut v3 = v3;
+            v3["fields"] =
+                serde_json::to_value(MailFieldsV1::default()).unwrap_or_else(|e| panic!("{e}"));
+            v3["to_name"] = "".into();
+            put("o/linked", v3.to_string().into_bytes());
+            put("m/linked", encode(&mref(&with_link, 3)));
+            let orphan = item("orphan", at);
+            put("m/orphan", encode(&mref(&orphan, 0)));
+            db.flush().unwrap_or_else(|e| panic!("{e}"));
+        }
+        let store = open(dir.path());
+        let read = store.read();
+        assert_eq!(
+            read.get(b"k/format").unwrap_or_default(),
+            Some(b"4".to_vec())
+        );
+        assert!(read.get(b"m/linked").unwrap_or_default().is_none());
+        let m = read
+            .message_ref("linked")
+            .unwrap_or_default()
+            .unwrap_or_else(|| panic!("the item answers for its reference"));
+        assert_eq!(
+            (m.record, m.purpose, m.generation, m.message_id.as_str()),
+            (
+                RecordId([7; 16]),
+                Some(Purpose::AuthorizeProvider),
+                3,
+                "linked@invited.test"
+            )
+        );
+        assert!(read.get(b"m/orphan").unwrap_or_default().is_some());
+        assert!(read.message_ref("orphan").unwrap_or_default().is_some());
+        assert_eq!(
+            read.outbox_item("linked")
+                .unwrap_or_default()
+                .map(|i| i.fields),
+            Some(MailFieldsV1::default())
+        );
+        drop(read);
+        drop(store);
+        let store = open(dir.path());
+        assert!(store
+            .read()
+            .message_ref("orphan")
+            .unwrap_or_default()
+            .is_some());
     }
 }

@@ -354,15 +354,6 @@ impl App {
             link,
             now,
         );
-        txn.put_ref(
-            &item.id,
-            &MessageRef {
-                record: rec.id,
-                purpose: item.link.as_ref().map(|l| l.purpose),
-                generation: rec.generation,
-                message_id: item.message_id.clone(),
-            },
-        );
         txn.put_new_outbox(&item);
         txn.note_message(&rec.id, &item.message_id)?;
         Ok(())

@@ -69,18 +69,25 @@ impl App {
         Self::queue_link_mail(sh, txn, rec, false, now)
     }
 
+    /// One timer entry per record where it can be: an invitation's reminder comes first and
+    /// arms the expiry when it runs (`run_timers`), so a bulk CSV writes one timer key a row,
+    /// not two (store format 4).
     fn schedule_timers(sh: &Shared, txn: &mut Txn, rec: &Record, now: Timestamp) {
-        if let Some(at) = rec.expires_at {
-            txn.schedule(&at, &rec.id, TimerKind::Expire);
-        }
-        if rec.kind() == Kind::ProviderAuthorization
-            && sh.cfg.reminder_after < sh.cfg.invitation_ttl
-        {
-            txn.schedule(
-                &(now + to_chrono(sh.cfg.reminder_after)),
-                &rec.id,
-                TimerKind::Remind,
-            );
+        let remind_at = (rec.kind() == Kind::ProviderAuthorization
+            && sh.cfg.reminder_after < sh.cfg.invitation_ttl)
+            .then(|| now + to_chrono(sh.cfg.reminder_after));
+        match (rec.expires_at, remind_at) {
+            (Some(expire), Some(remind)) if remind < expire => {
+                txn.schedule(&remind, &rec.id, TimerKind::Remind);
+            }
+            (expire, remind) => {
+                if let Some(at) = expire {
+                    txn.schedule(&at, &rec.id, TimerKind::Expire);
+                }
+                if let Some(at) = remind {
+                    txn.schedule(&at, &rec.id, TimerKind::Remind);
+                }
+            }
         }
     }
 

@@ -48,6 +48,11 @@ impl App {
                             txn.put_record(&rec)?;
                             Self::queue_link_mail(&sh, txn, &rec, true, now)?;
                         }
+                        // the reminder stood for the expiry too (`schedule_timers`): arm it now.
+                        // A store written before format 4 has it already: the same key.
+                        if let (Some(at), Some(_)) = (rec.expires_at, rec.awaiting()) {
+                            txn.schedule(&at, &rec.id, TimerKind::Expire);
+                        }
                     }
                 }
             }

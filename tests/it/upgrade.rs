@@ -45,6 +45,8 @@ fn a_store_from_the_previous_release_is_migrated_once() {
     let migrated = |log: &str| log.matches("store migrated to the current format").count();
     assert_eq!(migrated(&d.log()), 1, "{}", d.log());
     assert!(d.log().contains("from=1"), "{}", d.log());
+    // format 4: the three messages' reply references are read from their outbox items
+    assert!(d.log().contains("refs=3"), "{}", d.log());
     // the old records read as before, history included
     let id = list[0]["id"].as_str().unwrap_or_default().to_string();
     let shown = d.json(&["show", &id]);
