@@ -80,11 +80,15 @@ impl Transport {
         })
     }
 
+    /// Sends one message. `mark` fires (or drops) once the caller has made this send's result
+    /// durable; an SMTP connection holds back the end of data of its next message until then
+    /// (see `run`). The file transport writes each file durably and needs no mark.
     pub async fn send(
         &self,
         envelope: Envelope,
         message_id: &str,
         bytes: Vec<u8>,
+        mark: Option<Mark>,
     ) -> Result<(), SendError> {
         match self {
             Transport::File { dir } => {
@@ -98,7 +102,7 @@ impl Transport {
                     .await
                     .map_err(|e| SendError::Transient(format!("file transport task: {e}")))?
             }
-            Transport::Smtp(pool) => pool.send(&envelope, &bytes).await,
+            Transport::Smtp(pool) => pool.send_marked(&envelope, &bytes, mark).await,
         }
     }
 
@@ -170,10 +174,15 @@ impl HoldOff {
     }
 }
 
+/// Fires (or drops) once the result of a send is durable: see [`Transport::send`].
+pub type Mark = tokio::sync::oneshot::Receiver<()>;
+
 /// One message for a connection worker, and where its result goes.
 struct Job {
     transaction: crate::smtp::Transaction,
     done: tokio::sync::oneshot::Sender<Result<(), SendError>>,
+    /// Settles once the result is durable (`smtp::Marks`); none: at once.
+    mark: Option<Mark>,
     /// Already moved once to a new connection after the old one broke before its turn.
     moved: bool,
 }
@@ -250,7 +259,19 @@ impl SmtpPool {
         self
     }
 
+    /// One message, its result treated as settled at once (tests, the SMTP bench).
     pub async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Result<(), SendError> {
+        self.send_marked(envelope, bytes, None).await
+    }
+
+    /// One message; the connection writes the end of data of its next message only once `mark`
+    /// has settled (see `run`).
+    pub async fn send_marked(
+        &self,
+        envelope: &Envelope,
+        bytes: &[u8],
+        mark: Option<Mark>,
+    ) -> Result<(), SendError> {
         use std::sync::atomic::Ordering::Relaxed;
         let from = envelope.from().map(|a| a.to_string()).unwrap_or_default();
         let to = envelope.to().iter().map(|a| a.to_string()).collect();
@@ -258,6 +279,7 @@ impl SmtpPool {
         let job = Job {
             transaction: crate::smtp::Transaction::new(&from, to, bytes),
             done,
+            mark,
             moved: false,
         };
         let stopped = || SendError::Transient("the SMTP connection worker stopped".into());
@@ -435,6 +457,9 @@ async fn work(
 ) {
     let mut conn: Option<crate::smtp::Connection> = None;
     let mut queue = std::collections::VecDeque::new();
+    // The marks of this worker's messages whose end of data went out, on this connection or the
+    // one before: at most one of them is not durable when the next "." is written.
+    let mut marks = crate::smtp::Marks::default();
     loop {
         let job = match queue.pop_front() {
             Some(j) => j,
@@ -465,6 +490,7 @@ async fn work(
             queue: &mut queue,
             load: &load,
             left: u64::MAX,
+            marks: &mut marks,
         };
         if job.done.is_closed() {
             // its send was abandoned (a stopping daemon): it stays queued in the store
@@ -503,6 +529,7 @@ struct WorkerFeed<'a> {
     load: &'a std::sync::atomic::AtomicUsize,
     /// How many more jobs the current connection may take (`max_messages_per_connection`).
     left: u64,
+    marks: &'a mut crate::smtp::Marks,
 }
 
 impl WorkerFeed<'_> {
@@ -541,8 +568,23 @@ impl crate::smtp::Feed<Job> for WorkerFeed<'_> {
                 job.moved = true;
                 self.queue.push_back(job);
             }
-            other => self.finish(job, other.map_err(|e| classify(&e))),
+            other => {
+                // its end of data went out (or may have): the server may have taken it, so the
+                // next end of data waits until its result is durable
+                let sent = match &other {
+                    Ok(()) => true,
+                    Err(e) => e.stage == crate::smtp::Stage::EndOfData,
+                };
+                if let Some(m) = job.mark.take().filter(|_| sent) {
+                    self.marks.push(m);
+                }
+                self.finish(job, other.map_err(|e| classify(&e)))
+            }
         }
+    }
+
+    fn marks(&mut self) -> Option<&mut crate::smtp::Marks> {
+        Some(self.marks)
     }
 }
 
@@ -595,21 +637,37 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_millis((base as f64 * 1000.0 * jitter) as u64)
 }
 
-/// A send's result on its way to the recorder, with the dispatcher's permit it still holds.
+/// A send's result on its way to the recorder, with the dispatcher's permit it still holds and
+/// the mark its connection waits on (fired once the result is durable).
 type SendResult = (
     OutboxItem,
     Result<(), SendError>,
     tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::oneshot::Sender<()>,
 );
 
 /// A pipeline, so the SMTP connections stay busy: the dispatcher keeps up to
 /// `transport.max_in_flight(concurrency)` sends in flight (`PIPELINE_DEPTH` per SMTP connection,
 /// so each connection has its next message ready), and a recorder writes each result as soon as
 /// it comes (the server's 250), all that have come in one batch, and makes it durable (group
-/// commit: `Store::flush`). A send holds its permit until its result is durable, so at any moment
-/// at most `max_in_flight` messages are sent or being sent without a durable mark: what a
-/// `kill -9` can make the daemon send again. An item is not fetched again while it is in
-/// flight or its result is not yet written.
+/// commit: `Store::flush`). A send holds its permit until its result is durable. An item is not
+/// fetched again while it is in flight or its result is not yet written.
+///
+/// What a `kill -9` can make the daemon send again is bounded by the concurrency, not by
+/// `max_in_flight`. Proof: (1) the server takes a message only at its end of data (RFC 5321
+/// §4.1.1.4; a connection lost before the final "." aborts the transaction), and a message
+/// whose mark is durable is never sent again (`outbox_due` reads only queued items). (2) Each
+/// SMTP connection worker (`work`, at most `concurrency` of them) passes every message whose
+/// end of data it wrote — on any of its connections — to its `smtp::Marks`, and
+/// `Connection::send_all` writes the final "." of a message only after every mark in it has
+/// settled; the recorder settles a mark only once the result's batch is flushed (or, after a
+/// failed write, gives up; the item stays queued). So when a worker writes a ".", every message
+/// it ended before is durable; at any instant a worker has at most one message the server may
+/// have taken without a durable mark — the last one it ended. (3) Messages behind it in the
+/// worker's queue, rendered or with commands written, have no "." on the wire: nothing of them
+/// was taken. Hence at a kill at most `concurrency` messages can come twice. The file
+/// transport writes each `.eml` durably under its final name before the result: a re-send
+/// overwrites the same file.
 pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: CancellationToken) {
     run_with_clock(
         app,
@@ -733,9 +791,10 @@ pub async fn run_with_clock(
             let (app, transport, tx) = (app.clone(), transport.clone(), tx.clone());
             let throttle = throttle.clone();
             sends.spawn(async move {
+                let (durable, mark) = tokio::sync::oneshot::channel();
                 let res = {
                     let _busy = app.heartbeats.sender.busy();
-                    send_one(&app, &transport, &item).await
+                    send_one(&app, &transport, &item, mark).await
                 };
                 {
                     let mut t = throttle.lock().unwrap_or_else(|p| p.into_inner());
@@ -754,8 +813,8 @@ pub async fn run_with_clock(
                         Err(_) => {}
                     }
                 }
-                // the permit goes with the result: released once the result is durable
-                let _ = tx.send((item, res, permit)).await;
+                // the permit and the mark go with the result: released once it is durable
+                let _ = tx.send((item, res, permit, durable)).await;
             });
         }
     }
@@ -825,10 +884,12 @@ async fn record(
         }
         let mut ids = Vec::with_capacity(batch.len());
         let mut permits = Vec::with_capacity(batch.len());
+        let mut marks = Vec::with_capacity(batch.len());
         let mut results = Vec::with_capacity(batch.len());
-        for (item, res, permit) in batch {
+        for (item, res, permit, mark) in batch {
             ids.push(item.id.clone());
             permits.push(permit);
+            marks.push(mark);
             results.push((item, res));
         }
         let written = app.apply_sends(results, clock.now());
@@ -849,6 +910,11 @@ async fn record(
             }
             drop(busy);
             drop(permits);
+            // the connections may now end their next messages (after a failed write too: the
+            // items stay queued, and holding the connections would not make them durable)
+            for m in marks {
+                let _ = m.send(());
+            }
             recorded.notify_one();
         });
         while durable.try_join_next().is_some() {}
@@ -856,7 +922,12 @@ async fn record(
     while durable.join_next().await.is_some() {}
 }
 
-async fn send_one(app: &App, transport: &Transport, item: &OutboxItem) -> Result<(), SendError> {
+async fn send_one(
+    app: &App,
+    transport: &Transport,
+    item: &OutboxItem,
+    mark: Mark,
+) -> Result<(), SendError> {
     let sh = app.shared();
     let sender = Sender {
         from_name: &sh.cfg.from_name,
@@ -882,7 +953,9 @@ async fn send_one(app: &App, transport: &Transport, item: &OutboxItem) -> Result
         .zip(lettre::Address::new(item.to.local(), item.to.domain()).ok())
         .and_then(|(from, to)| Envelope::new(Some(from), vec![to]).ok())
         .ok_or_else(|| SendError::Permanent("cannot build the envelope".into()))?;
-    transport.send(env, &item.message_id, bytes).await
+    transport
+        .send(env, &item.message_id, bytes, Some(mark))
+        .await
 }
 
 #[cfg(test)]
