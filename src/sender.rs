@@ -116,6 +116,14 @@ impl Transport {
         }
     }
 
+    /// Where the SMTP pool's results are, for the recorder's gathering; none for files.
+    fn gauge(&self) -> Option<&Gauge> {
+        match self {
+            Transport::File { .. } => None,
+            Transport::Smtp(pool) => Some(&pool.gauge),
+        }
+    }
+
     /// At shutdown: QUIT on the pooled SMTP connections.
     pub async fn close(&self) {
         if let Transport::Smtp(pool) = self {
@@ -145,6 +153,26 @@ pub struct SmtpPool {
     /// `max_messages_per_connection`: a connection says QUIT after this many transactions and
     /// the worker opens a new one (providers throttle long-lived sessions).
     max_per_connection: u64,
+    gauge: Arc<Gauge>,
+}
+
+/// Whether more SMTP results can come before the recorder's next flush (see `record`): a
+/// worker in a transaction and not waiting on marks may hand one back any moment; a result a
+/// worker handed back may not have reached the recorder yet. When neither is the case, every
+/// result that can come before the flush has come, and waiting longer only holds connections.
+#[derive(Default)]
+pub struct Gauge {
+    /// Workers with a job, not waiting on `smtp::Marks`.
+    running: Arc<crate::smtp::Running>,
+    /// Results handed back with a mark and not yet taken by the recorder.
+    transit: std::sync::atomic::AtomicUsize,
+}
+
+impl Gauge {
+    fn quiet(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.transit.load(SeqCst) == 0 && self.running.is_none()
+    }
 }
 
 /// Messages in flight per SMTP connection: one on the wire and the next ones rendered and
@@ -251,6 +279,7 @@ impl SmtpPool {
             hold_off: Arc::default(),
             tasks: tokio_util::task::TaskTracker::new(),
             max_per_connection: u64::MAX,
+            gauge: Arc::default(),
         })
     }
 
@@ -297,6 +326,7 @@ impl SmtpPool {
                     rx,
                     load.clone(),
                     self.max_per_connection,
+                    self.gauge.clone(),
                 ));
                 workers.push(Worker { jobs, load });
             }
@@ -454,16 +484,22 @@ async fn work(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>,
     load: Arc<std::sync::atomic::AtomicUsize>,
     max_per_connection: u64,
+    gauge: Arc<Gauge>,
 ) {
     let mut conn: Option<crate::smtp::Connection> = None;
     let mut queue = std::collections::VecDeque::new();
     // The marks of this worker's messages whose end of data went out, on this connection or the
     // one before: at most one of them is not durable when the next "." is written.
-    let mut marks = crate::smtp::Marks::default();
+    let mut marks = crate::smtp::Marks::counting(gauge.running.clone());
+    // counted in `gauge.running` while it has a job
+    let mut running = false;
     loop {
         let job = match queue.pop_front() {
             Some(j) => j,
             None => {
+                if std::mem::take(&mut running) {
+                    gauge.running.down();
+                }
                 let got = match conn.as_ref() {
                     Some(c) => {
                         let left = MAX_IDLE.saturating_sub(c.idle_for());
@@ -485,12 +521,16 @@ async fn work(
                 }
             }
         };
+        if !std::mem::replace(&mut running, true) {
+            gauge.running.up();
+        }
         let mut feed = WorkerFeed {
             rx: &mut rx,
             queue: &mut queue,
             load: &load,
             left: u64::MAX,
             marks: &mut marks,
+            transit: &gauge.transit,
         };
         if job.done.is_closed() {
             // its send was abandoned (a stopping daemon): it stays queued in the store
@@ -518,6 +558,9 @@ async fn work(
         feed.left = max_per_connection.saturating_sub(c.transactions() + 1);
         c.send_all(job, &mut feed).await;
     }
+    if running {
+        gauge.running.down();
+    }
     if let Some(c) = conn {
         c.quit().await;
     }
@@ -530,6 +573,7 @@ struct WorkerFeed<'a> {
     /// How many more jobs the current connection may take (`max_messages_per_connection`).
     left: u64,
     marks: &'a mut crate::smtp::Marks,
+    transit: &'a std::sync::atomic::AtomicUsize,
 }
 
 impl WorkerFeed<'_> {
@@ -577,6 +621,9 @@ impl crate::smtp::Feed<Job> for WorkerFeed<'_> {
                 };
                 if let Some(m) = job.mark.take().filter(|_| sent) {
                     self.marks.push(m);
+                    // the recorder takes it down when it takes the result (`Recorded::Counted`)
+                    self.transit
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 self.finish(job, other.map_err(|e| classify(&e)))
             }
@@ -703,6 +750,7 @@ pub async fn run_with_clock(
     let (tx, rx) = tokio::sync::mpsc::channel::<SendResult>(4096);
     let recorder = tokio::spawn(record(
         app.clone(),
+        transport.clone(),
         rx,
         in_flight.clone(),
         recorded.clone(),
@@ -863,8 +911,12 @@ impl DailyCount {
 /// How long a stopping sender waits for sends in flight (the whole stop must fit in 10 s).
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
+/// The longest the recorder holds a first result to gather more into the same flush.
+const GATHER_MAX: Duration = Duration::from_millis(1);
+
 async fn record(
     app: Arc<App>,
+    transport: Arc<Transport>,
     mut rx: tokio::sync::mpsc::Receiver<SendResult>,
     in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     recorded: Arc<tokio::sync::Notify>,
@@ -873,13 +925,42 @@ async fn record(
     // Durability waits of written groups; while one waits for the disk, the next group is written
     // and joins the same or the next flush.
     let mut durable = tokio::task::JoinSet::new();
+    let gauge = transport.gauge();
+    let take = |r: SendResult, batch: &mut Vec<SendResult>| {
+        // a mark its worker kept (`WorkerFeed::done`) is still open here: counted in transit
+        if let Some(g) = gauge.filter(|_| !r.3.is_closed()) {
+            g.transit.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        batch.push(r);
+    };
     while let Some(first) = rx.recv().await {
-        // every result that has come by now: one batch
-        let mut batch = vec![first];
-        while batch.len() < 1024 {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        // Every result that has come by now, and with SMTP those that can still come before
+        // this flush (`Gauge`), at most GATHER_MAX after the first: one batch, one flush. Each
+        // connection ends its next message only after this flush (`smtp::Marks`), so a flush
+        // for each result would cost a flush per message; waiting for all that can come, at
+        // most one per connection, shares it.
+        let mut batch = Vec::new();
+        take(first, &mut batch);
+        let deadline = tokio::time::Instant::now() + GATHER_MAX;
+        loop {
+            while batch.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(r) => take(r, &mut batch),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() >= 1024 || gauge.is_none_or(|g| g.quiet()) {
+                break;
+            }
+            let running = gauge.map(|g| g.running.clone());
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => take(r, &mut batch),
+                    None => break,
+                },
+                // a worker began to wait on its marks or went idle: look again
+                _ = async { if let Some(r) = &running { r.fell_to_none().await } } => {}
+                _ = tokio::time::sleep_until(deadline) => break,
             }
         }
         let mut ids = Vec::with_capacity(batch.len());

@@ -67,22 +67,63 @@ pub trait Feed<T> {
 /// server may have taken whose result is not settled: the last one whose "." went out. Every one
 /// before it settled before that "." was written.
 #[derive(Default)]
-pub struct Marks(std::collections::VecDeque<tokio::sync::oneshot::Receiver<()>>);
+pub struct Marks {
+    pending: std::collections::VecDeque<tokio::sync::oneshot::Receiver<()>>,
+    /// Lowered by one while [`Marks::settled`] waits.
+    running: Option<Arc<Running>>,
+}
+
+/// How many feeders may hand back a result any moment (the sender's connection workers with a
+/// job, less those waiting on their marks), and a wakeup when none may.
+#[derive(Default)]
+pub struct Running {
+    n: std::sync::atomic::AtomicUsize,
+    none: tokio::sync::Notify,
+}
+
+impl Running {
+    pub fn up(&self) {
+        self.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn down(&self) {
+        if self.n.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.none.notify_one();
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.n.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    /// Woken (at least) when the count falls to zero.
+    pub async fn fell_to_none(&self) {
+        self.none.notified().await
+    }
+}
 
 impl Marks {
+    /// Marks that lower `running` by one while they wait.
+    pub fn counting(running: Arc<Running>) -> Marks {
+        Marks {
+            pending: Default::default(),
+            running: Some(running),
+        }
+    }
+
     /// A message whose end of data went out: its result is settled when `mark` fires or drops.
     pub fn push(&mut self, mark: tokio::sync::oneshot::Receiver<()>) {
-        self.0.push_back(mark);
+        self.pending.push_back(mark);
     }
 
     /// Whether some mark has not settled yet (drops those that have).
     pub fn pending(&mut self) -> bool {
         use tokio::sync::oneshot::error::TryRecvError;
-        while let Some(m) = self.0.front_mut() {
+        while let Some(m) = self.pending.front_mut() {
             match m.try_recv() {
                 Err(TryRecvError::Empty) => return true,
                 Ok(()) | Err(TryRecvError::Closed) => {
-                    self.0.pop_front();
+                    self.pending.pop_front();
                 }
             }
         }
@@ -91,8 +132,14 @@ impl Marks {
 
     /// Until every mark has settled.
     pub async fn settled(&mut self) {
-        while let Some(m) = self.0.pop_front() {
+        if let Some(r) = &self.running {
+            r.down();
+        }
+        while let Some(m) = self.pending.pop_front() {
             let _ = m.await;
+        }
+        if let Some(r) = &self.running {
+            r.up();
         }
     }
 }
