@@ -577,8 +577,11 @@ struct WorkerFeed<'a> {
 }
 
 impl WorkerFeed<'_> {
-    fn finish(&mut self, job: Job, result: Result<(), SendError>) {
+    fn finish(&mut self, mut job: Job, result: Result<(), SendError>) {
         self.load.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // a mark not kept is dropped before the result goes: the recorder, which may see the
+        // result at once, must find it closed (not counted in `Gauge::transit`)
+        drop(job.mark.take());
         let _ = job.done.send(result);
     }
 }
@@ -929,7 +932,10 @@ async fn record(
     let take = |r: SendResult, batch: &mut Vec<SendResult>| {
         // a mark its worker kept (`WorkerFeed::done`) is still open here: counted in transit
         if let Some(g) = gauge.filter(|_| !r.3.is_closed()) {
-            g.transit.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            use std::sync::atomic::Ordering::SeqCst;
+            let _ = g
+                .transit
+                .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
         }
         batch.push(r);
     };
