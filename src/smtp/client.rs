@@ -916,6 +916,7 @@ mod tests {
     async fn server(
         listener: tokio::net::TcpListener,
         lines: tokio::sync::mpsc::UnboundedSender<String>,
+        pipelining: bool,
     ) {
         let Ok((sock, _)) = listener.accept().await else {
             return;
@@ -938,7 +939,7 @@ mod tests {
                 }
                 in_data = false;
                 b"250 queued\r\n"
-            } else if l.starts_with("EHLO") {
+            } else if l.starts_with("EHLO") && pipelining {
                 b"250-test\r\n250 PIPELINING\r\n"
             } else if l == "DATA" {
                 in_data = true;
@@ -975,6 +976,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_end_of_data_waits_until_the_result_before_it_is_settled() {
+        // with PIPELINING and in the plain dialogue
+        for pipelining in [true, false] {
+            end_of_data_held(pipelining).await;
+        }
+    }
+
+    async fn end_of_data_held(pipelining: bool) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -983,7 +991,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
             .port();
         let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(server(listener, lines_tx));
+        tokio::spawn(server(listener, lines_tx, pipelining));
         let server = Server {
             host: "127.0.0.1".into(),
             port,
@@ -994,7 +1002,7 @@ mod tests {
         let mut conn = Connection::open(&server)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(conn.capabilities().pipelining);
+        assert_eq!(conn.capabilities().pipelining, pipelining);
         let t = |n: usize| {
             Transaction::new(
                 "a@invited.test",
