@@ -624,7 +624,7 @@ impl crate::smtp::Feed<Job> for WorkerFeed<'_> {
                 };
                 if let Some(m) = job.mark.take().filter(|_| sent) {
                     self.marks.push(m);
-                    // the recorder takes it down when it takes the result (`Recorded::Counted`)
+                    // the recorder takes it down when it takes the result with its mark still open
                     self.transit
                         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
