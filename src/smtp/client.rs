@@ -303,8 +303,6 @@ pub struct Connection {
     broken: bool,
     transactions: u64,
     last_used: Instant,
-    /// How much of the current payload went out ahead of its held-back end of data.
-    held: usize,
 }
 
 impl Connection {
@@ -349,7 +347,6 @@ impl Connection {
             broken: false,
             transactions: 0,
             last_used: Instant::now(),
-            held: 0,
         };
         let greeting = c.read_reply(Stage::Greeting).await?;
         if greeting.code != 220 {
@@ -657,13 +654,13 @@ impl Connection {
         // The body, and behind it the next transaction's commands if one is ready and the
         // whole write fits in the send buffer. The final "." waits until the results before
         // it are settled (`Marks`): then the body goes alone first.
-        if let Err(e) = self.hold_end_of_data(&t.payload, feed.marks()).await {
-            return (Err(e), None);
-        }
+        let ahead = match self.hold_end_of_data(&t.payload, feed.marks()).await {
+            Ok(n) => n,
+            Err(e) => return (Err(e), None),
+        };
         let mut wbuf = std::mem::take(&mut self.wbuf);
         wbuf.clear();
         // what of the payload went ahead counts as unanswered too
-        let ahead = std::mem::take(&mut self.held);
         wbuf.extend_from_slice(&t.payload[ahead..]);
         let body_len = wbuf.len();
         let mut next = None;
@@ -738,8 +735,7 @@ impl Connection {
         if r.code != 354 {
             return Err(self.refused(Stage::Data, r));
         }
-        self.hold_end_of_data(&t.payload, marks).await?;
-        let ahead = std::mem::take(&mut self.held);
+        let ahead = self.hold_end_of_data(&t.payload, marks).await?;
         self.write(Stage::EndOfData, &t.payload[ahead..]).await?;
         let r = self.read_reply(Stage::EndOfData).await?;
         if r.is_positive() {
@@ -750,26 +746,25 @@ impl Connection {
     }
 
     /// When some mark has not settled: writes `payload` up to its final "." and waits until
-    /// every mark has; `self.held` is then where the rest (".\r\n") starts. When all have
-    /// settled already, writes nothing (one write for body and "." as before).
+    /// every mark has. Returns how much of `payload` went out: the rest (".\r\n", or all of it
+    /// when every mark had settled already — one write for body and "." as before) is the
+    /// caller's to write.
     async fn hold_end_of_data(
         &mut self,
         payload: &[u8],
         marks: Option<&mut Marks>,
-    ) -> Result<(), Error> {
-        self.held = 0;
+    ) -> Result<usize, Error> {
         let Some(marks) = marks else {
-            return Ok(());
+            return Ok(0);
         };
         if !marks.pending() {
-            return Ok(());
+            return Ok(0);
         }
         // `proto::data_payload` ends every payload in CRLF "." CRLF
         let body = payload.len().saturating_sub(3);
         self.write(Stage::EndOfData, &payload[..body]).await?;
-        self.held = body;
         marks.settled().await;
-        Ok(())
+        Ok(body)
     }
 
     /// Writes one command and requires a 2xx.
