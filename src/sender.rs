@@ -80,11 +80,15 @@ impl Transport {
         })
     }
 
+    /// Sends one message. `mark` fires (or drops) once the caller has made this send's result
+    /// durable; an SMTP connection holds back the end of data of its next message until then
+    /// (see `run`). The file transport writes each file durably and needs no mark.
     pub async fn send(
         &self,
         envelope: Envelope,
         message_id: &str,
         bytes: Vec<u8>,
+        mark: Option<Mark>,
     ) -> Result<(), SendError> {
         match self {
             Transport::File { dir } => {
@@ -98,7 +102,7 @@ impl Transport {
                     .await
                     .map_err(|e| SendError::Transient(format!("file transport task: {e}")))?
             }
-            Transport::Smtp(pool) => pool.send(&envelope, &bytes).await,
+            Transport::Smtp(pool) => pool.send_marked(&envelope, &bytes, mark).await,
         }
     }
 
@@ -109,6 +113,14 @@ impl Transport {
         match self {
             Transport::File { .. } => concurrency,
             Transport::Smtp(_) => concurrency * PIPELINE_DEPTH,
+        }
+    }
+
+    /// Where the SMTP pool's results are, for the recorder's gathering; none for files.
+    fn gauge(&self) -> Option<&Gauge> {
+        match self {
+            Transport::File { .. } => None,
+            Transport::Smtp(pool) => Some(&pool.gauge),
         }
     }
 
@@ -141,6 +153,26 @@ pub struct SmtpPool {
     /// `max_messages_per_connection`: a connection says QUIT after this many transactions and
     /// the worker opens a new one (providers throttle long-lived sessions).
     max_per_connection: u64,
+    gauge: Arc<Gauge>,
+}
+
+/// Whether more SMTP results can come before the recorder's next flush (see `record`): a
+/// worker in a transaction and not waiting on marks may hand one back any moment; a result a
+/// worker handed back may not have reached the recorder yet. When neither is the case, every
+/// result that can come before the flush has come, and waiting longer only holds connections.
+#[derive(Default)]
+pub struct Gauge {
+    /// Workers with a job, not waiting on `smtp::Marks`.
+    running: Arc<crate::smtp::Running>,
+    /// Results handed back with a mark and not yet taken by the recorder.
+    transit: std::sync::atomic::AtomicUsize,
+}
+
+impl Gauge {
+    fn quiet(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.transit.load(SeqCst) == 0 && self.running.is_none()
+    }
 }
 
 /// Messages in flight per SMTP connection: one on the wire and the next ones rendered and
@@ -170,10 +202,15 @@ impl HoldOff {
     }
 }
 
+/// Fires (or drops) once the result of a send is durable: see [`Transport::send`].
+pub type Mark = tokio::sync::oneshot::Receiver<()>;
+
 /// One message for a connection worker, and where its result goes.
 struct Job {
     transaction: crate::smtp::Transaction,
     done: tokio::sync::oneshot::Sender<Result<(), SendError>>,
+    /// Settles once the result is durable (`smtp::Marks`); none: at once.
+    mark: Option<Mark>,
     /// Already moved once to a new connection after the old one broke before its turn.
     moved: bool,
 }
@@ -242,6 +279,7 @@ impl SmtpPool {
             hold_off: Arc::default(),
             tasks: tokio_util::task::TaskTracker::new(),
             max_per_connection: u64::MAX,
+            gauge: Arc::default(),
         })
     }
 
@@ -250,7 +288,19 @@ impl SmtpPool {
         self
     }
 
+    /// One message, its result treated as settled at once (tests, the SMTP bench).
     pub async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Result<(), SendError> {
+        self.send_marked(envelope, bytes, None).await
+    }
+
+    /// One message; the connection writes the end of data of its next message only once `mark`
+    /// has settled (see `run`).
+    pub async fn send_marked(
+        &self,
+        envelope: &Envelope,
+        bytes: &[u8],
+        mark: Option<Mark>,
+    ) -> Result<(), SendError> {
         use std::sync::atomic::Ordering::Relaxed;
         let from = envelope.from().map(|a| a.to_string()).unwrap_or_default();
         let to = envelope.to().iter().map(|a| a.to_string()).collect();
@@ -258,6 +308,7 @@ impl SmtpPool {
         let job = Job {
             transaction: crate::smtp::Transaction::new(&from, to, bytes),
             done,
+            mark,
             moved: false,
         };
         let stopped = || SendError::Transient("the SMTP connection worker stopped".into());
@@ -275,6 +326,7 @@ impl SmtpPool {
                     rx,
                     load.clone(),
                     self.max_per_connection,
+                    self.gauge.clone(),
                 ));
                 workers.push(Worker { jobs, load });
             }
@@ -432,13 +484,22 @@ async fn work(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>,
     load: Arc<std::sync::atomic::AtomicUsize>,
     max_per_connection: u64,
+    gauge: Arc<Gauge>,
 ) {
     let mut conn: Option<crate::smtp::Connection> = None;
     let mut queue = std::collections::VecDeque::new();
+    // The marks of this worker's messages whose end of data went out, on this connection or the
+    // one before: at most one of them is not durable when the next "." is written.
+    let mut marks = crate::smtp::Marks::counting(gauge.running.clone());
+    // counted in `gauge.running` while it has a job
+    let mut running = false;
     loop {
         let job = match queue.pop_front() {
             Some(j) => j,
             None => {
+                if std::mem::take(&mut running) {
+                    gauge.running.down();
+                }
                 let got = match conn.as_ref() {
                     Some(c) => {
                         let left = MAX_IDLE.saturating_sub(c.idle_for());
@@ -460,11 +521,16 @@ async fn work(
                 }
             }
         };
+        if !std::mem::replace(&mut running, true) {
+            gauge.running.up();
+        }
         let mut feed = WorkerFeed {
             rx: &mut rx,
             queue: &mut queue,
             load: &load,
             left: u64::MAX,
+            marks: &mut marks,
+            transit: &gauge.transit,
         };
         if job.done.is_closed() {
             // its send was abandoned (a stopping daemon): it stays queued in the store
@@ -492,6 +558,9 @@ async fn work(
         feed.left = max_per_connection.saturating_sub(c.transactions() + 1);
         c.send_all(job, &mut feed).await;
     }
+    if running {
+        gauge.running.down();
+    }
     if let Some(c) = conn {
         c.quit().await;
     }
@@ -503,11 +572,16 @@ struct WorkerFeed<'a> {
     load: &'a std::sync::atomic::AtomicUsize,
     /// How many more jobs the current connection may take (`max_messages_per_connection`).
     left: u64,
+    marks: &'a mut crate::smtp::Marks,
+    transit: &'a std::sync::atomic::AtomicUsize,
 }
 
 impl WorkerFeed<'_> {
-    fn finish(&mut self, job: Job, result: Result<(), SendError>) {
+    fn finish(&mut self, mut job: Job, result: Result<(), SendError>) {
         self.load.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // a mark not kept is dropped before the result goes: the recorder, which may see the
+        // result at once, must find it closed (not counted in `Gauge::transit`)
+        drop(job.mark.take());
         let _ = job.done.send(result);
     }
 }
@@ -541,8 +615,26 @@ impl crate::smtp::Feed<Job> for WorkerFeed<'_> {
                 job.moved = true;
                 self.queue.push_back(job);
             }
-            other => self.finish(job, other.map_err(|e| classify(&e))),
+            other => {
+                // its end of data went out (or may have): the server may have taken it, so the
+                // next end of data waits until its result is durable
+                let sent = match &other {
+                    Ok(()) => true,
+                    Err(e) => e.stage == crate::smtp::Stage::EndOfData,
+                };
+                if let Some(m) = job.mark.take().filter(|_| sent) {
+                    self.marks.push(m);
+                    // the recorder takes it down when it takes the result with its mark still open
+                    self.transit
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                self.finish(job, other.map_err(|e| classify(&e)))
+            }
         }
+    }
+
+    fn marks(&mut self) -> Option<&mut crate::smtp::Marks> {
+        Some(self.marks)
     }
 }
 
@@ -595,21 +687,37 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_millis((base as f64 * 1000.0 * jitter) as u64)
 }
 
-/// A send's result on its way to the recorder, with the dispatcher's permit it still holds.
+/// A send's result on its way to the recorder, with the dispatcher's permit it still holds and
+/// the mark its connection waits on (fired once the result is durable).
 type SendResult = (
     OutboxItem,
     Result<(), SendError>,
     tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::oneshot::Sender<()>,
 );
 
 /// A pipeline, so the SMTP connections stay busy: the dispatcher keeps up to
 /// `transport.max_in_flight(concurrency)` sends in flight (`PIPELINE_DEPTH` per SMTP connection,
 /// so each connection has its next message ready), and a recorder writes each result as soon as
 /// it comes (the server's 250), all that have come in one batch, and makes it durable (group
-/// commit: `Store::flush`). A send holds its permit until its result is durable, so at any moment
-/// at most `max_in_flight` messages are sent or being sent without a durable mark: what a
-/// `kill -9` can make the daemon send again. An item is not fetched again while it is in
-/// flight or its result is not yet written.
+/// commit: `Store::flush`). A send holds its permit until its result is durable. An item is not
+/// fetched again while it is in flight or its result is not yet written.
+///
+/// What a `kill -9` can make the daemon send again is bounded by the concurrency, not by
+/// `max_in_flight`. Proof: (1) the server takes a message only at its end of data (RFC 5321
+/// §4.1.1.4; a connection lost before the final "." aborts the transaction), and a message
+/// whose mark is durable is never sent again (`outbox_due` reads only queued items). (2) Each
+/// SMTP connection worker (`work`, at most `concurrency` of them) passes every message whose
+/// end of data it wrote — on any of its connections — to its `smtp::Marks`, and
+/// `Connection::send_all` writes the final "." of a message only after every mark in it has
+/// settled; the recorder settles a mark only once the result's batch is flushed (or, after a
+/// failed write, gives up; the item stays queued). So when a worker writes a ".", every message
+/// it ended before is durable; at any instant a worker has at most one message the server may
+/// have taken without a durable mark — the last one it ended. (3) Messages behind it in the
+/// worker's queue, rendered or with commands written, have no "." on the wire: nothing of them
+/// was taken. Hence at a kill at most `concurrency` messages can come twice. The file
+/// transport writes each `.eml` durably under its final name before the result: a re-send
+/// overwrites the same file.
 pub async fn run(app: Arc<App>, transport: Arc<Transport>, shutdown: CancellationToken) {
     run_with_clock(
         app,
@@ -645,6 +753,7 @@ pub async fn run_with_clock(
     let (tx, rx) = tokio::sync::mpsc::channel::<SendResult>(4096);
     let recorder = tokio::spawn(record(
         app.clone(),
+        transport.clone(),
         rx,
         in_flight.clone(),
         recorded.clone(),
@@ -733,9 +842,10 @@ pub async fn run_with_clock(
             let (app, transport, tx) = (app.clone(), transport.clone(), tx.clone());
             let throttle = throttle.clone();
             sends.spawn(async move {
+                let (durable, mark) = tokio::sync::oneshot::channel();
                 let res = {
                     let _busy = app.heartbeats.sender.busy();
-                    send_one(&app, &transport, &item).await
+                    send_one(&app, &transport, &item, mark).await
                 };
                 {
                     let mut t = throttle.lock().unwrap_or_else(|p| p.into_inner());
@@ -754,8 +864,8 @@ pub async fn run_with_clock(
                         Err(_) => {}
                     }
                 }
-                // the permit goes with the result: released once the result is durable
-                let _ = tx.send((item, res, permit)).await;
+                // the permit and the mark go with the result: released once it is durable
+                let _ = tx.send((item, res, permit, durable)).await;
             });
         }
     }
@@ -804,8 +914,12 @@ impl DailyCount {
 /// How long a stopping sender waits for sends in flight (the whole stop must fit in 10 s).
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
+/// The longest the recorder holds a first result to gather more into the same flush.
+const GATHER_MAX: Duration = Duration::from_millis(1);
+
 async fn record(
     app: Arc<App>,
+    transport: Arc<Transport>,
     mut rx: tokio::sync::mpsc::Receiver<SendResult>,
     in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     recorded: Arc<tokio::sync::Notify>,
@@ -814,21 +928,55 @@ async fn record(
     // Durability waits of written groups; while one waits for the disk, the next group is written
     // and joins the same or the next flush.
     let mut durable = tokio::task::JoinSet::new();
+    let gauge = transport.gauge();
+    let take = |r: SendResult, batch: &mut Vec<SendResult>| {
+        // a mark its worker kept (`WorkerFeed::done`) is still open here: counted in transit
+        if let Some(g) = gauge.filter(|_| !r.3.is_closed()) {
+            use std::sync::atomic::Ordering::SeqCst;
+            let _ = g
+                .transit
+                .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
+        }
+        batch.push(r);
+    };
     while let Some(first) = rx.recv().await {
-        // every result that has come by now: one batch
-        let mut batch = vec![first];
-        while batch.len() < 1024 {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        // Every result that has come by now, and with SMTP those that can still come before
+        // this flush (`Gauge`), at most GATHER_MAX after the first: one batch, one flush. Each
+        // connection ends its next message only after this flush (`smtp::Marks`), so a flush
+        // for each result would cost a flush per message; waiting for all that can come, at
+        // most one per connection, shares it.
+        let mut batch = Vec::new();
+        take(first, &mut batch);
+        let deadline = tokio::time::Instant::now() + GATHER_MAX;
+        loop {
+            while batch.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(r) => take(r, &mut batch),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() >= 1024 || gauge.is_none_or(|g| g.quiet()) {
+                break;
+            }
+            let running = gauge.map(|g| g.running.clone());
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => take(r, &mut batch),
+                    None => break,
+                },
+                // a worker began to wait on its marks or went idle: look again
+                _ = async { if let Some(r) = &running { r.fell_to_none().await } } => {}
+                _ = tokio::time::sleep_until(deadline) => break,
             }
         }
         let mut ids = Vec::with_capacity(batch.len());
         let mut permits = Vec::with_capacity(batch.len());
+        let mut marks = Vec::with_capacity(batch.len());
         let mut results = Vec::with_capacity(batch.len());
-        for (item, res, permit) in batch {
+        for (item, res, permit, mark) in batch {
             ids.push(item.id.clone());
             permits.push(permit);
+            marks.push(mark);
             results.push((item, res));
         }
         let written = app.apply_sends(results, clock.now());
@@ -849,6 +997,11 @@ async fn record(
             }
             drop(busy);
             drop(permits);
+            // the connections may now end their next messages (after a failed write too: the
+            // items stay queued, and holding the connections would not make them durable)
+            for m in marks {
+                let _ = m.send(());
+            }
             recorded.notify_one();
         });
         while durable.try_join_next().is_some() {}
@@ -856,7 +1009,12 @@ async fn record(
     while durable.join_next().await.is_some() {}
 }
 
-async fn send_one(app: &App, transport: &Transport, item: &OutboxItem) -> Result<(), SendError> {
+async fn send_one(
+    app: &App,
+    transport: &Transport,
+    item: &OutboxItem,
+    mark: Mark,
+) -> Result<(), SendError> {
     let sh = app.shared();
     let sender = Sender {
         from_name: &sh.cfg.from_name,
@@ -882,7 +1040,9 @@ async fn send_one(app: &App, transport: &Transport, item: &OutboxItem) -> Result
         .zip(lettre::Address::new(item.to.local(), item.to.domain()).ok())
         .and_then(|(from, to)| Envelope::new(Some(from), vec![to]).ok())
         .ok_or_else(|| SendError::Permanent("cannot build the envelope".into()))?;
-    transport.send(env, &item.message_id, bytes).await
+    transport
+        .send(env, &item.message_id, bytes, Some(mark))
+        .await
 }
 
 #[cfg(test)]

@@ -739,6 +739,26 @@ impl Txn<'_> {
         Ok(())
     }
 
+    /// [`put_outbox`](Self::put_outbox) for an item the caller read as queued, due at
+    /// `was_due` (the sender's results): while that queue key is there the stored item is
+    /// queued at `was_due` (the key and the item change in the same batches), so the old item
+    /// is not read and decoded again; otherwise as `put_outbox`.
+    pub fn put_queued_outbox(&mut self, was_due: &Timestamp, item: &OutboxItem) -> Result<()> {
+        let queued = format!("q/{}/{}", ms_key(was_due), item.id);
+        let still_queued = match self.overlay.get(queued.as_bytes()) {
+            Some(v) => v.is_some(),
+            None => self.tree.contains_key(queued.as_bytes())?,
+        };
+        if !still_queued {
+            return self.put_outbox(item);
+        }
+        self.remove(queued);
+        self.counted.0 -= 1;
+        self.index_outbox(item);
+        self.insert(format!("o/{}", item.id), encode_outbox(item));
+        Ok(())
+    }
+
     /// [`put_outbox`](Self::put_outbox) for a message made in this batch (a fresh random
     /// `<ref>`), without looking for an older copy.
     pub fn put_new_outbox(&mut self, item: &OutboxItem) {

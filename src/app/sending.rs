@@ -38,6 +38,8 @@ impl App {
         let sh = self.shared();
         self.store.write(|txn| -> Result<()> {
             for (mut item, res) in results {
+                // as the dispatcher read it: queued, due then (`Txn::put_queued_outbox`)
+                let was_due = item.next_attempt_at;
                 item.attempts += 1;
                 match res {
                     Ok(()) => {
@@ -99,7 +101,7 @@ impl App {
                         }
                     }
                 }
-                txn.put_outbox(&item)?;
+                txn.put_queued_outbox(&was_due, &item)?;
             }
             Ok(())
         })

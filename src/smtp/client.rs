@@ -52,6 +52,96 @@ pub trait Feed<T> {
     fn next(&mut self) -> Option<T>;
     /// The result of `item`, as soon as it is known.
     fn done(&mut self, item: T, result: Result<(), Error>);
+    /// What the end of data of the next transaction waits for (see [`Marks`]); `None`: nothing.
+    fn marks(&mut self) -> Option<&mut Marks> {
+        None
+    }
+}
+
+/// Results the caller has not made safe yet ("settled": for the sender, durable in the store),
+/// one receiver each, fired (or dropped) once settled. [`Connection::send_all`] writes the end of
+/// data (the final ".") of a transaction only once every mark handed in before it has settled;
+/// the body may go ahead. The server takes a message only at its final "." (RFC 5321 §4.1.1.4:
+/// before it, a lost connection aborts the transaction), so whoever feeds one connection (or one
+/// connection after another) through the same `Marks` has at any moment at most one message the
+/// server may have taken whose result is not settled: the last one whose "." went out. Every one
+/// before it settled before that "." was written.
+#[derive(Default)]
+pub struct Marks {
+    pending: std::collections::VecDeque<tokio::sync::oneshot::Receiver<()>>,
+    /// Lowered by one while [`Marks::settled`] waits.
+    running: Option<Arc<Running>>,
+}
+
+/// How many feeders may hand back a result any moment (the sender's connection workers with a
+/// job, less those waiting on their marks), and a wakeup when none may.
+#[derive(Default)]
+pub struct Running {
+    n: std::sync::atomic::AtomicUsize,
+    none: tokio::sync::Notify,
+}
+
+impl Running {
+    pub fn up(&self) {
+        self.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn down(&self) {
+        if self.n.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.none.notify_one();
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.n.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    /// Woken (at least) when the count falls to zero.
+    pub async fn fell_to_none(&self) {
+        self.none.notified().await
+    }
+}
+
+impl Marks {
+    /// Marks that lower `running` by one while they wait.
+    pub fn counting(running: Arc<Running>) -> Marks {
+        Marks {
+            pending: Default::default(),
+            running: Some(running),
+        }
+    }
+
+    /// A message whose end of data went out: its result is settled when `mark` fires or drops.
+    pub fn push(&mut self, mark: tokio::sync::oneshot::Receiver<()>) {
+        self.pending.push_back(mark);
+    }
+
+    /// Whether some mark has not settled yet (drops those that have).
+    pub fn pending(&mut self) -> bool {
+        use tokio::sync::oneshot::error::TryRecvError;
+        while let Some(m) = self.pending.front_mut() {
+            match m.try_recv() {
+                Err(TryRecvError::Empty) => return true,
+                Ok(()) | Err(TryRecvError::Closed) => {
+                    self.pending.pop_front();
+                }
+            }
+        }
+        false
+    }
+
+    /// Until every mark has settled.
+    pub async fn settled(&mut self) {
+        if let Some(r) = &self.running {
+            r.down();
+        }
+        while let Some(m) = self.pending.pop_front() {
+            let _ = m.await;
+        }
+        if let Some(r) = &self.running {
+            r.up();
+        }
+    }
 }
 
 /// Where to connect and how.
@@ -462,7 +552,7 @@ impl Connection {
             let (result, chained) = if self.caps.pipelining {
                 self.pipelined(cur.borrow(), commands_written, feed).await
             } else {
-                (self.plain(cur.borrow()).await, None)
+                (self.plain(cur.borrow(), feed.marks()).await, None)
             };
             if let Err(e) = &result {
                 if e.is_transport() || !matches!(e.failure, Failure::Reply(_)) {
@@ -504,7 +594,7 @@ impl Connection {
                 // never more unanswered bytes than the send buffer holds
                 Ok(()) if wbuf.len() > self.send_buffer => {
                     self.wbuf = wbuf;
-                    return (self.plain(t).await, None);
+                    return (self.plain(t, feed.marks()).await, None);
                 }
                 Ok(()) => self.write(Stage::Mail, &wbuf).await,
                 Err(e) => Err(e),
@@ -562,16 +652,22 @@ impl Connection {
             return (Err(self.refused(Stage::Data, data_reply)), None);
         }
         // The body, and behind it the next transaction's commands if one is ready and the
-        // whole write fits in the send buffer.
+        // whole write fits in the send buffer. The final "." waits until the results before
+        // it are settled (`Marks`): then the body goes alone first.
+        let ahead = match self.hold_end_of_data(&t.payload, feed.marks()).await {
+            Ok(n) => n,
+            Err(e) => return (Err(e), None),
+        };
         let mut wbuf = std::mem::take(&mut self.wbuf);
         wbuf.clear();
-        wbuf.extend_from_slice(&t.payload);
+        // what of the payload went ahead counts as unanswered too
+        wbuf.extend_from_slice(&t.payload[ahead..]);
         let body_len = wbuf.len();
         let mut next = None;
-        if body_len < self.send_buffer {
+        if t.payload.len() < self.send_buffer {
             if let Some(n) = feed.next() {
                 match self.queue_commands(n.borrow(), &mut wbuf) {
-                    Ok(()) if wbuf.len() <= self.send_buffer => next = Some((n, true)),
+                    Ok(()) if ahead + wbuf.len() <= self.send_buffer => next = Some((n, true)),
                     Ok(()) => {
                         wbuf.truncate(body_len);
                         next = Some((n, false));
@@ -623,7 +719,7 @@ impl Connection {
     }
 
     /// The dialogue one command at a time, for servers without PIPELINING.
-    async fn plain(&mut self, t: &Transaction) -> Result<(), Error> {
+    async fn plain(&mut self, t: &Transaction, marks: Option<&mut Marks>) -> Result<(), Error> {
         let mut line = Vec::with_capacity(128);
         proto::mail_from(&t.from, &self.caps, t.size, t.eight_bit, &mut line)
             .map_err(|e| self.fail(Stage::Mail, Failure::Protocol(e)))?;
@@ -639,13 +735,36 @@ impl Connection {
         if r.code != 354 {
             return Err(self.refused(Stage::Data, r));
         }
-        self.write(Stage::EndOfData, &t.payload).await?;
+        let ahead = self.hold_end_of_data(&t.payload, marks).await?;
+        self.write(Stage::EndOfData, &t.payload[ahead..]).await?;
         let r = self.read_reply(Stage::EndOfData).await?;
         if r.is_positive() {
             Ok(())
         } else {
             Err(self.refused(Stage::EndOfData, r))
         }
+    }
+
+    /// When some mark has not settled: writes `payload` up to its final "." and waits until
+    /// every mark has. Returns how much of `payload` went out: the rest (".\r\n", or all of it
+    /// when every mark had settled already — one write for body and "." as before) is the
+    /// caller's to write.
+    async fn hold_end_of_data(
+        &mut self,
+        payload: &[u8],
+        marks: Option<&mut Marks>,
+    ) -> Result<usize, Error> {
+        let Some(marks) = marks else {
+            return Ok(0);
+        };
+        if !marks.pending() {
+            return Ok(0);
+        }
+        // `proto::data_payload` ends every payload in CRLF "." CRLF
+        let body = payload.len().saturating_sub(3);
+        self.write(Stage::EndOfData, &payload[..body]).await?;
+        marks.settled().await;
+        Ok(body)
     }
 
     /// Writes one command and requires a 2xx.
@@ -780,4 +899,147 @@ async fn tls_handshake(
     .await
     .map_err(|_| Failure::Timeout(CONNECT_TIMEOUT))?
     .map_err(|e| Failure::Io(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+
+    /// A server that offers PIPELINING, accepts everything, and reports each DATA line it
+    /// receives (the end of data as ".").
+    async fn server(
+        listener: tokio::net::TcpListener,
+        lines: tokio::sync::mpsc::UnboundedSender<String>,
+        pipelining: bool,
+    ) {
+        let Ok((sock, _)) = listener.accept().await else {
+            return;
+        };
+        let (r, mut w) = sock.into_split();
+        let mut r = tokio::io::BufReader::new(r);
+        let _ = w.write_all(b"220 test\r\n").await;
+        let mut in_data = false;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let l = line.trim_end().to_string();
+            let reply: &[u8] = if in_data {
+                let _ = lines.send(l.clone());
+                if l != "." {
+                    continue;
+                }
+                in_data = false;
+                b"250 queued\r\n"
+            } else if l.starts_with("EHLO") && pipelining {
+                b"250-test\r\n250 PIPELINING\r\n"
+            } else if l == "DATA" {
+                in_data = true;
+                b"354 go\r\n"
+            } else if l == "QUIT" {
+                b"221 bye\r\n"
+            } else {
+                b"250 ok\r\n"
+            };
+            let _ = w.write_all(reply).await;
+        }
+    }
+
+    /// Hands out transactions and, for each result, a mark the test fires.
+    struct Held {
+        queue: std::collections::VecDeque<Transaction>,
+        marks: Marks,
+        results: tokio::sync::mpsc::UnboundedSender<(bool, tokio::sync::oneshot::Sender<()>)>,
+    }
+
+    impl Feed<Transaction> for Held {
+        fn next(&mut self) -> Option<Transaction> {
+            self.queue.pop_front()
+        }
+        fn done(&mut self, _: Transaction, result: Result<(), Error>) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.marks.push(rx);
+            let _ = self.results.send((result.is_ok(), tx));
+        }
+        fn marks(&mut self) -> Option<&mut Marks> {
+            Some(&mut self.marks)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_end_of_data_waits_until_the_result_before_it_is_settled() {
+        // with PIPELINING and in the plain dialogue
+        for pipelining in [true, false] {
+            end_of_data_held(pipelining).await;
+        }
+    }
+
+    async fn end_of_data_held(pipelining: bool) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(server(listener, lines_tx, pipelining));
+        let server = Server {
+            host: "127.0.0.1".into(),
+            port,
+            security: Security::None,
+            hello: "client.test".into(),
+            credentials: None,
+        };
+        let mut conn = Connection::open(&server)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(conn.capabilities().pipelining, pipelining);
+        let t = |n: usize| {
+            Transaction::new(
+                "a@invited.test",
+                vec!["b@invited.test".into()],
+                format!("Subject: {n}\r\n\r\nbody {n}\r\n").as_bytes(),
+            )
+        };
+        let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+        let mut feed = Held {
+            queue: [t(2), t(3)].into(),
+            marks: Marks::default(),
+            results: results_tx,
+        };
+        let run = tokio::spawn(async move {
+            conn.send_all(t(1), &mut feed).await;
+        });
+        let mut next_line = async || lines.recv().await.unwrap_or_else(|| panic!("server gone"));
+        for want in ["Subject: 1", "", "body 1", "."] {
+            assert_eq!(next_line().await, want);
+        }
+        let (ok, mark1) = results.recv().await.unwrap_or_else(|| panic!("no result"));
+        assert!(ok);
+        // message 2's body goes out, its end of data does not while message 1's is unsettled
+        for want in ["Subject: 2", "", "body 2"] {
+            assert_eq!(next_line().await, want);
+        }
+        let early = tokio::time::timeout(Duration::from_millis(200), next_line()).await;
+        assert!(
+            early.is_err(),
+            "end of data before the mark settled: {early:?}"
+        );
+        let _ = mark1.send(());
+        assert_eq!(next_line().await, ".");
+        let (ok, mark2) = results.recv().await.unwrap_or_else(|| panic!("no result"));
+        assert!(ok);
+        // a dropped mark settles too
+        drop(mark2);
+        for want in ["Subject: 3", "", "body 3", "."] {
+            assert_eq!(next_line().await, want);
+        }
+        let (ok, _) = results.recv().await.unwrap_or_else(|| panic!("no result"));
+        assert!(ok);
+        run.await.unwrap_or_else(|e| panic!("{e}"));
+    }
 }

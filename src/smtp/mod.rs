@@ -7,5 +7,7 @@
 pub mod client;
 pub mod proto;
 
-pub use client::{Connection, Error, Failure, Feed, Security, Server, Stage, Transaction};
+pub use client::{
+    Connection, Error, Failure, Feed, Marks, Running, Security, Server, Stage, Transaction,
+};
 pub use proto::{Capabilities, Credentials, Mechanism, Reply};
