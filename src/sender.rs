@@ -771,7 +771,7 @@ pub async fn run_with_clock(
         // here or already recorded in what we read — never neither, which would send it twice.
         let due: Vec<OutboxItem> = crate::store::off_runtime(|| {
             let busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            match app.store.read().outbox_due(&now, 1024) {
+            match app.outbox_due(&now, 1024) {
                 Ok(d) => d.into_iter().filter(|i| !busy.contains(&i.id)).collect(),
                 Err(e) => {
                     tracing::error!(error = %e, "reading the outbox");
@@ -780,7 +780,7 @@ pub async fn run_with_clock(
             }
         });
         if due.is_empty() {
-            let next_due = crate::store::off_runtime(|| app.store.read().outbox_next_due());
+            let next_due = crate::store::off_runtime(|| app.outbox_next_due());
             let wait = match next_due {
                 Ok(Some(ms)) => {
                     Duration::from_millis((ms - now.timestamp_millis()).clamp(10, 1000) as u64)
@@ -898,7 +898,7 @@ struct DailyCount {
 impl DailyCount {
     fn load(app: &App, now: chrono::DateTime<Utc>) -> DailyCount {
         let day = crate::pacing::start_of_day(now);
-        let started = app.store.read().sent_since(&day).unwrap_or(0) as u64;
+        let started = app.sent_since(&day).unwrap_or(0) as u64;
         DailyCount { day, started }
     }
 

@@ -3,6 +3,22 @@
 use super::*;
 
 impl App {
+    /// Up to `limit` queued items due at `now`, oldest due first (blocking: the sender calls it
+    /// through [`crate::store::off_runtime`]).
+    pub fn outbox_due(&self, now: &Timestamp, limit: usize) -> Result<Vec<OutboxItem>> {
+        Ok(self.store.read().outbox_due(now, limit)?)
+    }
+
+    /// When the next queued item is due (milliseconds since the epoch), if any (blocking).
+    pub fn outbox_next_due(&self) -> Result<Option<i64>> {
+        Ok(self.store.read().outbox_next_due()?)
+    }
+
+    /// How many messages were sent since `since` (the sender's `daily_limit` count at start).
+    pub fn sent_since(&self, since: &Timestamp) -> Result<usize> {
+        Ok(self.store.read().sent_since(since)?)
+    }
+
     /// Records what the sender did with a batch and makes it durable: [`App::apply_sends`], then
     /// [`App::commit`].
     pub async fn record_sends(
