@@ -436,6 +436,58 @@ fn part_body(text: String) -> lettre::message::Body {
     )
 }
 
+// ---- what a send's outcome means for the item ------------------------------------------
+
+/// How a send failed decides what happens next.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// This message was refused for now (4xx to its MAIL, RCPT or DATA, or the connection lost
+    /// during its transaction): retried with backoff up to `max_age`.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// This message was refused for good (5xx to its MAIL, RCPT or DATA): dead-lettered, and
+    /// the record becomes undeliverable.
+    #[error("permanent: {0}")]
+    Permanent(String),
+    /// The transport failed, not this message: connect, TLS, greeting, EHLO, AUTH (`535 5.7.8`),
+    /// a 421, anything before MAIL FROM. The message stays queued and backs off, whatever its
+    /// age; the recipient is never made undeliverable for it.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The server asked us to slow down (421, or 4.7.x to MAIL/RCPT/DATA): the message stays
+    /// queued without using up a retry, and the dispatcher pauses and sends more slowly.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// We could not build the message: a template that does not render (strict mode, a typo in
+    /// a configured override), a DKIM key that does not sign. The operator's fault, never the
+    /// recipient's: the item waits as a dead letter, naming the template, until it is fixed
+    /// (SIGHUP reloads templates) and the item retried (`invited outbox retry ID`); the record
+    /// is not touched and no provider is told.
+    #[error("build: {0}")]
+    Build(String),
+}
+
+impl SendError {
+    /// The server's (or our) words, without the kind.
+    pub fn words(&self) -> &str {
+        match self {
+            SendError::Transient(w)
+            | SendError::Permanent(w)
+            | SendError::Transport(w)
+            | SendError::Throttled(w)
+            | SendError::Build(w) => w,
+        }
+    }
+}
+
+/// Exponential backoff with jitter: ~2 s, 4 s, 8 s … capped at 10 minutes.
+pub fn backoff(attempts: u32) -> std::time::Duration {
+    use rand::Rng;
+    let base = 2u64.saturating_pow(attempts.min(20)).min(600);
+    let jitter = rand::thread_rng().gen_range(0.75..1.25);
+    std::time::Duration::from_millis((base as f64 * 1000.0 * jitter) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

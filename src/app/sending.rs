@@ -25,7 +25,7 @@ impl App {
         &self,
         results: Vec<(
             OutboxItem,
-            std::result::Result<(), crate::sender::SendError>,
+            std::result::Result<(), crate::outbox::SendError>,
         )>,
         now: Timestamp,
     ) -> Result<()> {
@@ -43,11 +43,11 @@ impl App {
         &self,
         results: Vec<(
             OutboxItem,
-            std::result::Result<(), crate::sender::SendError>,
+            std::result::Result<(), crate::outbox::SendError>,
         )>,
         now: Timestamp,
     ) -> Result<()> {
-        use crate::sender::SendError;
+        use crate::outbox::SendError;
         if results.is_empty() {
             return Ok(());
         }
@@ -67,7 +67,7 @@ impl App {
                     Err(SendError::Transient(e)) if now - item.created_at < to_chrono(sh.cfg.max_age) => {
                         tracing::warn!(message = %item.id, attempts = item.attempts, error = %e, "send failed, will retry");
                         item.last_error = Some(e);
-                        item.next_attempt_at = now + to_chrono(crate::sender::backoff(item.attempts));
+                        item.next_attempt_at = now + to_chrono(crate::outbox::backoff(item.attempts));
                         crate::metrics::Metrics::inc(&self.metrics.retried);
                     }
                     Err(SendError::Throttled(e)) => {
@@ -83,7 +83,7 @@ impl App {
                         // queued past max_age and its recipient is never made undeliverable.
                         tracing::warn!(message = %item.id, attempts = item.attempts, error = %e, "the SMTP transport failed, not this message: it stays queued and backs off");
                         item.last_error = Some(format!("transport: {e}"));
-                        item.next_attempt_at = now + to_chrono(crate::sender::backoff(item.attempts));
+                        item.next_attempt_at = now + to_chrono(crate::outbox::backoff(item.attempts));
                         crate::metrics::Metrics::inc(&self.metrics.retried);
                     }
                     Err(SendError::Build(e)) => {
