@@ -302,27 +302,45 @@ impl Store {
     /// batches), then the mark. Without it those items would never be pruned nor counted as
     /// sent today; an older binary that ignores the index leaves only that, so no format bump.
     fn build_sent_index(&self) -> Result<()> {
-        if self.tree.contains_key(SENT_INDEX_KEY)? {
+        self.build_index(SENT_INDEX_KEY, b"o/", "sent-time", |k, v| {
+            let item: OutboxItem = decode(k, v)?;
+            Ok(match (item.state, item.sent_at) {
+                (crate::outbox::OutboxState::Sent, Some(at)) => Some(sent_key(&at, &item.id)),
+                _ => None,
+            })
+        })
+    }
+
+    /// Builds an index once, for a store written before it: scans `prefix`, inserts the key
+    /// `entry` gives for each entry (an empty value) in batches of 1,000, then `mark`, and
+    /// flushes. A store that has `mark` is left alone.
+    fn build_index(
+        &self,
+        mark: &[u8],
+        prefix: &[u8],
+        what: &str,
+        mut entry: impl FnMut(&[u8], &[u8]) -> Result<Option<String>>,
+    ) -> Result<()> {
+        if self.tree.contains_key(mark)? {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
         let mut n = 0usize;
-        for kv in self.tree.scan_prefix(b"o/") {
+        for kv in self.tree.scan_prefix(prefix) {
             let (k, v) = kv?;
-            let item: OutboxItem = decode(&k, &v)?;
-            if let (crate::outbox::OutboxState::Sent, Some(at)) = (item.state, item.sent_at) {
-                batch.insert(sent_key(&at, &item.id).into_bytes(), Vec::new());
+            if let Some(key) = entry(&k, &v)? {
+                batch.insert(key.into_bytes(), Vec::new());
                 n += 1;
                 if n.is_multiple_of(1000) {
                     self.tree.apply_batch(std::mem::take(&mut batch))?;
                 }
             }
         }
-        batch.insert(SENT_INDEX_KEY, b"1".to_vec());
+        batch.insert(mark, b"1".to_vec());
         self.tree.apply_batch(batch)?;
         self.flush_blocking()?;
         if n > 0 {
-            tracing::info!(items = n, "store: sent-time index built");
+            tracing::info!(entries = n, index = what, "store: index built");
         }
         Ok(())
     }
@@ -398,29 +416,13 @@ impl Store {
     /// invitation gets its entry, then the mark. Adding entries an older binary ignores needs no
     /// format change.
     fn build_customer_index(&self) -> Result<()> {
-        if self.tree.contains_key(CUSTOMER_INDEX_KEY)? {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        let mut n = 0usize;
-        for kv in self.tree.scan_prefix(b"r/") {
-            let (k, v) = kv?;
-            let r: Record = decode(&k, &v)?;
-            if let Body::CustomerInvitation(c) = &r.body {
-                batch.insert(
-                    customer_key(&c.authorization, &r.id).into_bytes(),
-                    Vec::new(),
-                );
-                n += 1;
-            }
-        }
-        batch.insert(CUSTOMER_INDEX_KEY, Vec::new());
-        self.tree.apply_batch(batch)?;
-        self.flush_blocking()?;
-        if n > 0 {
-            tracing::info!(customers = n, "store: customer index built");
-        }
-        Ok(())
+        self.build_index(CUSTOMER_INDEX_KEY, b"r/", "customer", |k, v| {
+            let r: Record = decode(k, v)?;
+            Ok(match &r.body {
+                Body::CustomerInvitation(c) => Some(customer_key(&c.authorization, &r.id)),
+                _ => None,
+            })
+        })
     }
 
     /// Makes everything written so far durable, on this thread (sled's `flush_async` has a known
