@@ -77,8 +77,7 @@ markets = ["KR"]
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let cfg = invited::config::Config::load(&config).unwrap_or_else(|e| panic!("{e}"));
-    let store = invited::store::Store::open(&cfg.store_path, cfg.cache_capacity)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let store = invited::store::Store::open(&cfg).unwrap_or_else(|e| panic!("{e}"));
     let shared = invited::daemon::load_shared(cfg).unwrap_or_else(|e| panic!("{e}"));
     let app = Arc::new(App::new(store, shared));
     let rows: Vec<(u64, InviteRow)> = (0..n)

@@ -307,8 +307,8 @@ markets = ["KR"]
     std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
     let cfg = invited::config::Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
     let shared = invited::daemon::load_shared(cfg.clone()).unwrap_or_else(|e| panic!("{e}"));
-    let store =
-        invited::store::Store::open(&cfg.store_path, 64_000_000).unwrap_or_else(|e| panic!("{e}"));
+    let store = invited::store::Store::open_sled(&cfg.store_path, 64_000_000)
+        .unwrap_or_else(|e| panic!("{e}"));
     App::new(store, shared)
 }
 

@@ -125,6 +125,12 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         into: PathBuf,
     },
+    /// The store itself: `store copy --from CONFIG --to CONFIG` moves everything between
+    /// backends (the daemons on both stopped)
+    Store {
+        #[command(subcommand)]
+        op: StoreOp,
+    },
     /// Export every record (formula-safe CSV or JSON)
     Export {
         #[arg(long, default_value = "csv")]
@@ -141,6 +147,18 @@ enum Review {
         id: String,
         #[arg(long)]
         reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreOp {
+    /// Copy every record, outbox item, timer, reference, inbound outcome and suppression from
+    /// the store CONFIG_A names into the empty store CONFIG_B names
+    Copy {
+        #[arg(long, value_name = "CONFIG_A")]
+        from: PathBuf,
+        #[arg(long, value_name = "CONFIG_B")]
+        to: PathBuf,
     },
 }
 
@@ -292,6 +310,21 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
+    if let Command::Store {
+        op: StoreOp::Copy { from, to },
+    } = &cli.command
+    {
+        let v = store_copy(from, to)?;
+        if cli.json {
+            println!("{v}");
+        } else {
+            println!(
+                "copied {} records, {} outbox items, {} timers and {} references ({} inbound outcomes, {} suppressions)",
+                v["records"], v["outbox_items"], v["timers"], v["refs"], v["inbound"], v["suppressions"]
+            );
+        }
+        return Ok(0);
+    }
     let cfg = Config::load(&path)?;
     if let Command::CheckConfig = cli.command {
         let shared = crate::daemon::load_shared(cfg.clone())?;
@@ -350,7 +383,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     let j = cli.json;
     let mut code = 0;
     let out = match cli.command {
-        Command::Serve | Command::CheckConfig | Command::Restore { .. } => return Ok(0),
+        Command::Serve | Command::CheckConfig | Command::Restore { .. } | Command::Store { .. } => {
+            return Ok(0)
+        }
         Command::Backup { file } => {
             let bytes = crate::client::request_bytes(&sock, "/v1/backup").await?;
             let (_, entries) = crate::backup::decode(&bytes)?;
@@ -655,6 +690,38 @@ fn write_private(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// `invited restore FILE --into DIR`: checks the whole file first, refuses a DIR that holds
 /// anything, then writes the store.
+/// `store copy`: opens both stores as their configs name them (a running daemon's sled store
+/// refuses to open: stop it first), then [`crate::store::copy`], with progress on a terminal.
+fn store_copy(from: &Path, to: &Path) -> anyhow::Result<Value> {
+    let open = |p: &Path, what: &str| -> anyhow::Result<crate::store::Store> {
+        let cfg =
+            anyhow::Context::with_context(Config::load(p), || format!("--{what} {}", p.display()))?;
+        crate::store::Store::open(&cfg).map_err(|e| {
+            anyhow::anyhow!(
+                "--{what} {}: opening its store ({}): {e} (stop the daemon that uses it first)",
+                p.display(),
+                cfg.store_backend_name()
+            )
+        })
+    };
+    let source = open(from, "from")?;
+    let target = open(to, "to")?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let copied = crate::store::copy(&source, &target, |what, n| {
+        if tty {
+            eprint!("\r{what}: {n}        ");
+            if what != "records" && what != "outbox items" {
+                eprintln!();
+            }
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("store copy: {e}"))?;
+    if tty {
+        eprintln!();
+    }
+    Ok(serde_json::to_value(copied)?)
+}
+
 fn restore(file: &Path, into: &Path) -> anyhow::Result<Value> {
     let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let (header, entries) =

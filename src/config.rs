@@ -29,9 +29,14 @@ struct Raw {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
-    path: String,
+    backend: Option<String>,
+    path: Option<String>,
     cache_capacity: Option<u64>,
     retention: Option<String>,
+    url: Option<String>,
+    password_file: Option<String>,
+    pool_size: Option<usize>,
+    lease: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,6 +311,9 @@ pub struct Config {
     /// `(key, NAME)` of every `credential:NAME` that could not be resolved because
     /// `$CREDENTIALS_DIRECTORY` is not set (see [`Config::check_credentials`]).
     pub missing_credentials: Vec<(String, String)>,
+    /// `[store] backend`: the embedded sled store at `store_path` (the default), or PostgreSQL.
+    pub store_backend: StoreBackend,
+    /// `[store] path` (sled only; empty with PostgreSQL).
     pub store_path: PathBuf,
     pub cache_capacity: u64,
     /// `[store] retention`: sent outbox items, their reply references and inbound outcomes
@@ -418,6 +426,60 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
+/// Where the records live (`[store] backend`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreBackend {
+    /// sled under `store.path`: one daemon per store.
+    Sled,
+    /// PostgreSQL: several daemons may share the database.
+    Postgres(PostgresStore),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresStore {
+    /// `postgres://user@host:port/db` (a password in the URL works, `password_file` is better)
+    pub url: String,
+    pub password_file: Option<PathBuf>,
+    pub pool_size: usize,
+    /// how long one daemon holds a claimed outbox item
+    pub lease: Duration,
+}
+
+impl Config {
+    /// "sled at PATH" or "postgres at HOST:PORT/DB" (no password), for messages.
+    pub fn store_backend_name(&self) -> String {
+        match &self.store_backend {
+            StoreBackend::Sled => format!("sled at {}", self.store_path.display()),
+            StoreBackend::Postgres(p) => {
+                let c = p.url.parse::<tokio_postgres::Config>().ok();
+                let host = c
+                    .as_ref()
+                    .and_then(|c| c.get_hosts().first().cloned())
+                    .map(|h| match h {
+                        tokio_postgres::config::Host::Tcp(h) => h,
+                        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                    })
+                    .unwrap_or_default();
+                let port = c
+                    .as_ref()
+                    .and_then(|c| c.get_ports().first().copied())
+                    .unwrap_or(5432);
+                let db = c
+                    .as_ref()
+                    .and_then(|c| c.get_dbname().map(str::to_string))
+                    .unwrap_or_default();
+                format!("postgres at {host}:{port}/{db}")
+            }
+        }
+    }
+}
+
+impl StoreBackend {
+    pub fn is_embedded(&self) -> bool {
+        matches!(self, StoreBackend::Sled)
+    }
+}
+
 /// A secret value naming a systemd credential instead of a path.
 pub const CREDENTIAL_PREFIX: &str = "credential:";
 
@@ -437,7 +499,8 @@ impl Config {
 
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let dbg = |v: &dyn std::fmt::Debug| format!("{v:?}");
-        let checks: [(&'static str, bool); 14] = [
+        let checks: [(&'static str, bool); 15] = [
+            ("store.backend", self.store_backend != new.store_backend),
             ("store.path", self.store_path != new.store_path),
             (
                 "store.cache_capacity",
@@ -1044,9 +1107,83 @@ impl Config {
         let invitation_ttl = dur("policy.invitation_ttl", &pol.invitation_ttl, "14d")?;
         let verification_ttl = dur("policy.verification_ttl", &pol.verification_ttl, "7d")?;
         let reminder_after = dur("policy.reminder_after", &pol.reminder_after, "10d")?;
+        let (store_backend, store_path) = match raw.store.backend.as_deref().unwrap_or("sled") {
+            "sled" => {
+                for (key, set) in [
+                    ("store.url", raw.store.url.is_some()),
+                    ("store.password_file", raw.store.password_file.is_some()),
+                    ("store.pool_size", raw.store.pool_size.is_some()),
+                    ("store.lease", raw.store.lease.is_some()),
+                ] {
+                    if set {
+                        return Err(bad(key, "is for backend = \"postgres\" only".into()));
+                    }
+                }
+                let path = raw.store.path.as_deref().ok_or_else(|| {
+                    bad("store.path", "is required for backend = \"sled\"".into())
+                })?;
+                (StoreBackend::Sled, resolve(path))
+            }
+            "postgres" => {
+                if raw.store.path.is_some() || raw.store.cache_capacity.is_some() {
+                    let key = if raw.store.path.is_some() {
+                        "store.path"
+                    } else {
+                        "store.cache_capacity"
+                    };
+                    return Err(bad(key, "is for backend = \"sled\" only".into()));
+                }
+                let url = raw.store.url.clone().ok_or_else(|| {
+                    bad("store.url", "is required for backend = \"postgres\"".into())
+                })?;
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(bad(
+                        "store.url",
+                        "must start with postgres:// or postgresql://".into(),
+                    ));
+                }
+                if url.parse::<tokio_postgres::Config>().is_err() {
+                    // the parser's message may quote the URL, password and all
+                    return Err(bad(
+                        "store.url",
+                        "is not a PostgreSQL connection URL".into(),
+                    ));
+                }
+                let pool_size = raw.store.pool_size.unwrap_or(8);
+                if !(2..=256).contains(&pool_size) {
+                    return Err(bad("store.pool_size", format!("{pool_size} is not between 2 and 256 (a transaction may read on a second connection)")));
+                }
+                let lease = dur("store.lease", &raw.store.lease, "60s")?;
+                if lease < Duration::from_secs(5) || lease > Duration::from_secs(3600) {
+                    return Err(bad("store.lease", "must be between 5s and 1h".into()));
+                }
+                let password_file = raw
+                    .store
+                    .password_file
+                    .as_deref()
+                    .map(|f| secret("store.password_file", f))
+                    .transpose()?;
+                (
+                    StoreBackend::Postgres(PostgresStore {
+                        url,
+                        password_file,
+                        pool_size,
+                        lease,
+                    }),
+                    PathBuf::new(),
+                )
+            }
+            other => {
+                return Err(bad(
+                    "store.backend",
+                    format!("{other:?}: must be \"sled\" or \"postgres\""),
+                ))
+            }
+        };
         Ok(Config {
             path: path.to_path_buf(),
-            store_path: resolve(&raw.store.path),
+            store_backend,
+            store_path,
             cache_capacity: raw.store.cache_capacity.unwrap_or(16 * 1024 * 1024),
             retention: dur("store.retention", &raw.store.retention, "30d")?,
             http_listen,

@@ -20,6 +20,17 @@ use crate::token::Keys;
 
 pub fn load_shared(cfg: Config) -> anyhow::Result<Shared> {
     cfg.check_credentials()?;
+    if !cfg.store_backend.is_embedded() {
+        // several daemons must sign and check links with the same keys: none makes its own
+        for (kid, path) in &cfg.key_files {
+            if !path.exists() {
+                return Err(anyhow!(
+                    "keys.files.{kid} {}: no such file; with store.backend = \"postgres\" every daemon must be given the same key files (invited generates a key only on the embedded default)",
+                    path.display()
+                ));
+            }
+        }
+    }
     let keys = Keys::load(&cfg.key_active, &cfg.key_files)?;
     let templates = Templates::load(cfg.templates_dir.as_deref())?;
     // a key that does not load stops the start (or refuses the reload), naming the key
@@ -61,20 +72,90 @@ async fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
+/// Reads the mailbox while this daemon holds the right to (`App::lead_mailbox`): with the
+/// embedded store always; with several daemons on one PostgreSQL one of them at a time. One
+/// reader is elected rather than several racing: two readers would each fetch and parse every
+/// message, and their positions (UIDs seen, MOVE to the processed folder) would step on each
+/// other; the outcome's unique key makes a race harmless, the election makes it rare. The holder
+/// checks every few seconds that it still holds it; if its database session is gone it stops
+/// reading and tries again, and when a daemon dies its session ends and another takes over.
+async fn lead_inbound<F, Fut>(
+    app: Arc<App>,
+    mailbox: String,
+    shutdown: CancellationToken,
+    reader: F,
+) where
+    F: Fn(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    const CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+    let mut said_waiting = false;
+    while !shutdown.is_cancelled() {
+        match app.lead_mailbox(&mailbox) {
+            Ok(Some(mut leader)) => {
+                if said_waiting {
+                    tracing::info!(mailbox, "this daemon now reads the mailbox");
+                }
+                let stop = shutdown.child_token();
+                let mut task = tokio::spawn(reader(stop.clone()));
+                loop {
+                    tokio::select! {
+                        _ = &mut task => break,
+                        _ = tokio::time::sleep(CHECK) => {
+                            if !leader.holds() {
+                                tracing::warn!(mailbox, "lost the mailbox lock (database session gone): stopping this reader");
+                                stop.cancel();
+                                let _ = (&mut task).await;
+                                break;
+                            }
+                        }
+                    }
+                }
+                drop(leader);
+            }
+            Ok(None) => {
+                if !said_waiting {
+                    tracing::info!(mailbox, "another daemon reads the mailbox; standing by");
+                    said_waiting = true;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(mailbox, error = %e, "cannot take the mailbox lock; trying again")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(CHECK) => {}
+        }
+    }
+}
+
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let cfg = Config::load(config_path)?;
     let nofile = listener::raise_open_files_limit();
     let shared = load_shared(cfg.clone())?;
     // the store directory is private (a store made by an older version was 0755)
-    crate::private::create_dir(&cfg.store_path)
-        .with_context(|| format!("store.path {}", cfg.store_path.display()))?;
-    let store = Store::open(&cfg.store_path, cfg.cache_capacity).map_err(|e| match e {
+    if cfg.store_backend.is_embedded() {
+        crate::private::create_dir(&cfg.store_path)
+            .with_context(|| format!("store.path {}", cfg.store_path.display()))?;
+    }
+    let store = Store::open(&cfg).map_err(|e| match e {
         StoreError::Sled(_) => anyhow!(
             "opening the store at {}: {e} (is another invited running on it?)",
             cfg.store_path.display()
         ),
         other => anyhow!("opening the store at {}: {other}", cfg.store_path.display()),
     })?;
+    match store.recover_claims() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            items = n,
+            "outbox items this daemon had claimed before it stopped are free again"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "freeing this daemon's earlier claims (they are free when their leases end)")
+        }
+    }
     let app = Arc::new(App::new(store, shared));
     let transport = Arc::new(crate::sender::Transport::from_config(
         &cfg.outbound,
@@ -197,20 +278,26 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         Inbound::Maildir { dir } => {
             crate::maildir::prepare(dir)
                 .with_context(|| format!("mail.inbound.dir {}", dir.display()))?;
-            tracker.spawn(crate::maildir::run(
+            let (app2, dir, poll) = (app.clone(), dir.clone(), cfg.poll_interval);
+            tracker.spawn(lead_inbound(
                 app.clone(),
-                dir.clone(),
-                cfg.poll_interval,
+                format!("maildir {}", dir.display()),
                 shutdown.clone(),
+                move |stop| crate::maildir::run(app2.clone(), dir.clone(), poll, stop),
             ));
         }
         Inbound::Imap(imap) => {
-            tracker.spawn(crate::imap::run(
+            let (app2, imap, poll) = (app.clone(), imap.clone(), cfg.poll_interval);
+            tracker.spawn(lead_inbound(
                 app.clone(),
-                imap.clone(),
-                cfg.poll_interval,
-                imap.ca_file.clone(),
+                format!(
+                    "imap {}@{}:{}/{}",
+                    imap.username, imap.host, imap.port, imap.mailbox
+                ),
                 shutdown.clone(),
+                move |stop| {
+                    crate::imap::run(app2.clone(), imap.clone(), poll, imap.ca_file.clone(), stop)
+                },
             ));
         }
     }

@@ -700,6 +700,7 @@ pub async fn run_with_clock(
         iv
     });
     let mut daily = DailyCount::load(&app, clock.now());
+    let remote = app.store_is_remote();
     let throttle: Arc<std::sync::Mutex<crate::pacing::Throttle>> = Arc::default();
     let in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
     let recorded = Arc::new(tokio::sync::Notify::new());
@@ -722,9 +723,30 @@ pub async fn run_with_clock(
         // The read and the filter happen under the in-flight lock. The recorder writes a result
         // before it takes this lock to drop the id, so an item is either still marked in flight
         // here or already recorded in what we read — never neither, which would send it twice.
+        // With several daemons on one database an item is claimed with a lease: claim only what
+        // can start now (free permits; one at a time when paced), so no claimed item waits here
+        // past its lease while another daemon could have sent it.
+        let claim = if remote {
+            if pacing.is_some() {
+                1
+            } else {
+                sem.available_permits().max(1)
+            }
+        } else {
+            1024
+        };
+        if remote && pace.per_day > 0 {
+            // daily_limit is shared through the database: what every daemon sent today, and
+            // what this one has in flight
+            daily.roll(now);
+            if let Ok(sent) = crate::store::off_runtime(|| app.sent_since(&daily.day)) {
+                let busy = in_flight.lock().unwrap_or_else(|p| p.into_inner()).len();
+                daily.started = (sent + busy) as u64;
+            }
+        }
         let due: Vec<OutboxItem> = crate::store::off_runtime(|| {
             let busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            match app.outbox_due(&now, 1024) {
+            match app.outbox_due(&now, claim) {
                 Ok(d) => d.into_iter().filter(|i| !busy.contains(&i.id)).collect(),
                 Err(e) => {
                     tracing::error!(error = %e, "reading the outbox");
@@ -748,6 +770,8 @@ pub async fn run_with_clock(
             }
             continue;
         }
+        let claimed: Vec<String> = due.iter().map(|i| i.id.clone()).collect();
+        let mut dispatched = 0;
         for item in due {
             // daily_limit: sends started this UTC day; at the limit, wait for the next day
             if pace.per_day > 0 {
@@ -820,6 +844,14 @@ pub async fn run_with_clock(
                 // the permit and the mark go with the result: released once it is durable
                 let _ = tx.send((item, res, permit, durable)).await;
             });
+            dispatched += 1;
+        }
+        if dispatched < claimed.len() {
+            // claimed but not started (the day's limit, a stop): another daemon may take them
+            let left = &claimed[dispatched..];
+            if let Err(e) = crate::store::off_runtime(|| app.release_claims(left)) {
+                tracing::warn!(error = %e, items = left.len(), "releasing claimed items (they are free again when their leases end)");
+            }
         }
     }
     // SIGTERM drain: no new sends. The ones in flight get DRAIN_GRACE to finish and be recorded;
@@ -869,6 +901,36 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// The longest the recorder holds a first result to gather more into the same flush.
 const GATHER_MAX: Duration = Duration::from_millis(1);
+
+/// How long the recorder keeps trying to write a batch of results to an unreachable database
+/// before it gives up on them (they are then sent again once their leases end).
+const RESULT_RETRY_FOR: Duration = Duration::from_secs(300);
+
+/// Writes a batch of results. With PostgreSQL a failed write is tried again (1 s, 2 s, then every
+/// 5 s, for [`RESULT_RETRY_FOR`]): the database may be restarting or failing over, and the
+/// messages are already with the server. Meanwhile each connection holds its next "." (its mark
+/// is not settled), so no more than the in-flight messages wait unrecorded.
+async fn apply_sends(
+    app: &App,
+    results: Vec<(OutboxItem, Result<(), SendError>)>,
+    now: chrono::DateTime<Utc>,
+) -> crate::app::Result<()> {
+    if !app.store_is_remote() {
+        return app.apply_sends(results, now);
+    }
+    let start = tokio::time::Instant::now();
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match app.apply_sends(results.clone(), now) {
+            Err(e) if start.elapsed() < RESULT_RETRY_FOR => {
+                tracing::warn!(error = %e, results = results.len(), retry_in_secs = wait.as_secs(), "recording send results failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            r => return r,
+        }
+    }
+}
 
 async fn record(
     app: Arc<App>,
@@ -932,7 +994,7 @@ async fn record(
             marks.push(mark);
             results.push((item, res));
         }
-        let written = app.apply_sends(results, clock.now());
+        let written = apply_sends(&app, results, clock.now()).await;
         let (app, in_flight, recorded) = (app.clone(), in_flight.clone(), recorded.clone());
         durable.spawn(async move {
             let r = match written {

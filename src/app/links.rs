@@ -5,11 +5,25 @@ use super::*;
 impl App {
     /// Read-only check of a link; GET and HEAD use only this.
     pub fn check_link(&self, tok: &str, now: Timestamp) -> LinkCheck {
+        self.check_link_on(tok, now, |id| {
+            crate::store::off_runtime(|| self.store.read().record(id))
+        })
+    }
+
+    /// [`check_link`](Self::check_link) against the record as `read` gives it: committed data,
+    /// or (a POST) the transaction's own locked copy, so the check and the transition see the
+    /// same record even when several daemons take the same link at once.
+    fn check_link_on(
+        &self,
+        tok: &str,
+        now: Timestamp,
+        read: impl FnOnce(&RecordId) -> std::result::Result<Option<Record>, crate::store::StoreError>,
+    ) -> LinkCheck {
         let sh = self.shared();
         let Some((kid, claims, mac)) = Keys::decode(tok) else {
             return LinkCheck::Invalid(token::Invalid::Malformed);
         };
-        let rec = match crate::store::off_runtime(|| self.store.read().record(&claims.record)) {
+        let rec = match read(&claims.record) {
             Ok(Some(r)) => r,
             _ => return LinkCheck::Invalid(token::Invalid::BadMac),
         };
@@ -60,7 +74,7 @@ impl App {
     ) -> Result<PostOutcome> {
         let sh = self.shared();
         let out = self.store.write(|txn| -> Result<PostOutcome> {
-            let (record, purpose) = match self.check_link(tok, now) {
+            let (record, purpose) = match self.check_link_on(tok, now, |id| txn.record(id)) {
                 LinkCheck::Invalid(_) => return Ok(PostOutcome::Invalid),
                 LinkCheck::Used { record, purpose } => {
                     let done_same = Self::done_by(&record, purpose, &form.action);
@@ -72,10 +86,8 @@ impl App {
                 }
                 LinkCheck::Open { record, purpose } => (record, purpose),
             };
-            // the check above read committed data; re-read inside the batch
-            let Some(mut rec) = txn.record(&record.id)? else {
-                return Ok(PostOutcome::Invalid);
-            };
+            // the check above read the record inside this transaction (locked on PostgreSQL)
+            let mut rec = record;
             // Each purpose takes exactly its own action words (DESIGN, HTTP): "confirm" on an
             // agreement link must not stand in for "accept" and skip the consent it needs.
             let action = match (purpose, form.action.as_str()) {

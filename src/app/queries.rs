@@ -292,6 +292,18 @@ impl App {
         self.store.is_open()
     }
 
+    /// Whether a failed write may succeed if tried again soon: a database on the network
+    /// (PostgreSQL restarting, a fail-over), not a local disk.
+    pub fn store_is_remote(&self) -> bool {
+        matches!(self.store, crate::store::Store::Postgres(_))
+    }
+
+    /// The right to read the mailbox `name`: always with the embedded store; with several
+    /// daemons on PostgreSQL one holds it at a time (blocking).
+    pub fn lead_mailbox(&self, name: &str) -> Result<Option<crate::store::Leader>> {
+        Ok(self.store.lead(name)?)
+    }
+
     /// The store's flushes so far and the callers that waited on one (for `/metrics`).
     pub fn store_flush_counts(&self) -> (u64, u64) {
         self.store.flush_counts()

@@ -3,15 +3,22 @@
 use super::*;
 
 impl App {
-    /// Up to `limit` queued items due at `now`, oldest due first (blocking: the sender calls it
-    /// through [`crate::store::off_runtime`]).
+    /// Up to `limit` queued items due at `now`, oldest due first, claimed for this daemon
+    /// (several daemons on PostgreSQL: see [`crate::store::Store::claim_due`]). Blocking: the
+    /// sender calls it through [`crate::store::off_runtime`].
     pub fn outbox_due(&self, now: &Timestamp, limit: usize) -> Result<Vec<OutboxItem>> {
-        Ok(self.store.read().outbox_due(now, limit)?)
+        Ok(self.store.claim_due(now, limit)?)
     }
 
-    /// When the next queued item is due (milliseconds since the epoch), if any (blocking).
+    /// Gives back claimed items this daemon will not send now (blocking).
+    pub fn release_claims(&self, ids: &[String]) -> Result<()> {
+        Ok(self.store.release(ids)?)
+    }
+
+    /// When the next queued item can be claimed (milliseconds since the epoch), if any
+    /// (blocking).
     pub fn outbox_next_due(&self) -> Result<Option<i64>> {
-        Ok(self.store.read().outbox_next_due()?)
+        Ok(self.store.next_claimable()?)
     }
 
     /// How many messages were sent since `since` (the sender's `daily_limit` count at start).

@@ -8,13 +8,20 @@ impl App {
     /// Expires and reminds whatever is due; returns how many timers ran.
     pub async fn run_timers(&self, now: Timestamp) -> Result<usize> {
         let sh = self.shared();
-        let due = self.store.read().due_timers(&now, 1000)?;
-        if due.is_empty() {
+        // a cheap look first: most ticks find nothing due
+        if self.store.read().due_timers(&now, 1)?.is_empty() {
             return Ok(0);
         }
-        self.store.write(|txn| -> Result<()> {
+        // Taken inside the transaction that runs them: on PostgreSQL the rows are locked until
+        // it ends and timers another daemon is running are skipped; one already gone is not run.
+        let ran = self.store.write(|txn| -> Result<usize> {
+            let due = txn.due_timers(&now, 1000)?;
+            let mut ran = 0;
             for t in &due {
-                txn.remove_timer(t);
+                if !txn.remove_timer(t)? {
+                    continue;
+                }
+                ran += 1;
                 let Some(mut rec) = txn.record(&t.record)? else {
                     continue;
                 };
@@ -56,9 +63,9 @@ impl App {
                     }
                 }
             }
-            Ok(())
+            Ok(ran)
         })?;
         self.commit().await?;
-        Ok(due.len())
+        Ok(ran)
     }
 }

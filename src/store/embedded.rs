@@ -12,30 +12,16 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 
-use crate::model::{Body, Channel, Email, Purpose, Record, RecordId, Timestamp};
+use crate::model::{Body, Email, Record, RecordId, Timestamp};
 use crate::outbox::OutboxItem;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("store: corrupt entry {key}: {source}")]
-    Corrupt {
-        key: String,
-        source: serde_json::Error,
-    },
-    #[error("store: {0}")]
-    Other(String),
-    #[error(
-        "store format {found} is newer than this invited {version} understands (format {FORMAT}): \
-         run the newer invited, or restore a backup made by this version into an empty directory"
-    , version = env!("CARGO_PKG_VERSION"))]
-    TooNew { found: u32 },
-}
+use super::{
+    off_runtime, DueTimer, InboundRecord, MessageRef, Result, StoreError, Suppression, TimerKind,
+};
 
-/// The key layout this binary reads and writes, recorded under `k/format`. Format 1 is what
+/// (sled) The key layout this binary reads and writes, recorded under `k/format`. Format 1 is what
 /// invited 0.1.0 wrote (no mark); 2 adds the mark; 3 adds the suppression list (`s/…`), which an
 /// older binary would silently ignore and so mail unsubscribed addresses again. A newer binary
 /// migrates an older store once when it opens it; an older binary refuses a newer store instead
@@ -48,65 +34,6 @@ pub enum StoreError {
 pub const FORMAT: u32 = 4;
 const FORMAT_KEY: &[u8] = b"k/format";
 
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// Where a reply's `<ref>` (plus address / Message-ID) points: one message about one record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MessageRef {
-    pub record: RecordId,
-    pub purpose: Option<Purpose>,
-    pub generation: u32,
-    pub message_id: String,
-}
-
-/// What became of one inbound message.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InboundRecord {
-    pub message_id: String,
-    pub from: String,
-    pub received_at: String,
-    pub outcome: String,
-    pub record: Option<RecordId>,
-    pub effect: String,
-}
-
-/// One address on a provider's suppression list: no invitation or reminder from that provider
-/// goes to it until staff lift it. Keyed by (provider, canonical email).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Suppression {
-    pub provider: String,
-    pub email: Email,
-    pub at: Timestamp,
-    /// why, for people: "one-click unsubscribe", "hard bounce: 550 5.1.1 …"
-    pub reason: String,
-    /// how it came: `link` (List-Unsubscribe POST), `reply` (the mailto), `bounce`
-    pub channel: Channel,
-    /// the record whose email led here (the invitation unsubscribed from, or the one that bounced)
-    pub record: Option<RecordId>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimerKind {
-    Expire,
-    Remind,
-}
-
-impl TimerKind {
-    fn code(self) -> char {
-        match self {
-            TimerKind::Expire => 'x',
-            TimerKind::Remind => 'r',
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct DueTimer {
-    pub key: Vec<u8>,
-    pub record: RecordId,
-    pub kind: TimerKind,
-}
-
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -116,19 +43,6 @@ pub struct Store {
     /// (`Txn::put_outbox`), so the gauges, STATUS and a bulk command's progress never scan.
     counts: Arc<OutboxCounts>,
     group: Arc<GroupCommit>,
-}
-
-/// Runs blocking store work without blocking a runtime worker: on a multi-threaded runtime
-/// through `block_in_place` (the worker's other tasks move to another thread first, so pages
-/// and the sender keep running while this waits for the write lock or the disk); outside a
-/// runtime, or on a single-threaded one (some tests and benches), in place.
-pub fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
 }
 
 /// The write lock, first come first served: a long run of batches (a bulk CSV in chunks) cannot
@@ -238,14 +152,6 @@ fn customer_key(authorization: &RecordId, customer: &RecordId) -> String {
 struct OutboxCounts {
     queued: AtomicI64,
     dead: AtomicI64,
-}
-
-/// What one pruning pass removed (`Txn::prune_sent`, `Txn::prune_inbound`).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Pruned {
-    /// sent outbox items, with their reply references
-    pub sent: usize,
-    pub inbound: usize,
 }
 
 /// Marks that the sent-time index (`t/<sent-ms>/<ref>`) covers every sent item: built once
@@ -468,12 +374,15 @@ impl Store {
     /// batch itself.
     pub fn write<T, E: From<StoreError>>(
         &self,
-        f: impl FnOnce(&mut Txn) -> std::result::Result<T, E>,
+        f: impl FnOnce(&mut super::Txn) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
         off_runtime(|| {
             let _guard = self.write_lock.lock();
-            let mut txn = Txn::new(&self.tree);
+            let mut txn = super::Txn::Sled(Txn::new(&self.tree));
             let out = f(&mut txn)?;
+            let super::Txn::Sled(txn) = txn else {
+                return Err(StoreError::Other("a sled batch changed backend".into()).into());
+            };
             let mut batch = sled::Batch::default();
             for (k, v) in txn.overlay {
                 match v {
@@ -550,7 +459,7 @@ impl OutboxCounts {
 
 /// A sent item is never rendered again (only dead ones are retried), so its template fields
 /// are not kept: about half of what a sent item weighs until it is pruned.
-fn encode_outbox(item: &OutboxItem) -> Vec<u8> {
+pub(super) fn encode_outbox(item: &OutboxItem) -> Vec<u8> {
     if item.state == crate::outbox::OutboxState::Sent {
         let mut kept = item.clone();
         kept.fields = crate::outbox::MailFieldsV1::default();
@@ -845,16 +754,7 @@ impl Txn<'_> {
     /// reference a format-3 store kept without its item. A test email points to no record.
     pub fn message_ref(&self, reference: &str) -> Result<Option<MessageRef>> {
         if let Some(item) = self.outbox_item(reference)? {
-            if item.kind == crate::outbox::MailKind::TestEmail {
-                return Ok(None);
-            }
-            return Ok(Some(MessageRef {
-                record: item.record,
-                purpose: item.link.as_ref().map(|l| l.purpose),
-                // read only for a message with a link (a notice has no purpose to check)
-                generation: item.link.as_ref().map_or(0, |l| l.generation),
-                message_id: item.message_id,
-            }));
+            return Ok(MessageRef::of_item(item));
         }
         self.get_json(format!("m/{reference}").as_bytes())
     }
@@ -990,9 +890,14 @@ impl Txn<'_> {
                 Some("r") => Some(TimerKind::Remind),
                 _ => None,
             };
+            let at_ms = s
+                .get(2..22)
+                .and_then(|n| n.parse::<i64>().ok())
+                .unwrap_or(0);
             if let (Some(record), Some(kind)) = (id, kind) {
                 out.push(DueTimer {
                     key: k.to_vec(),
+                    at_ms,
                     record,
                     kind,
                 });
@@ -1004,8 +909,10 @@ impl Txn<'_> {
         Ok(out)
     }
 
-    pub fn remove_timer(&mut self, t: &DueTimer) {
+    pub fn remove_timer(&mut self, t: &DueTimer) -> Result<bool> {
+        let there = self.get(&t.key)?.is_some();
         self.remove(t.key.clone());
+        Ok(there)
     }
 
     // ---- small state (IMAP positions and the like) ---------------------------------------
@@ -1018,6 +925,11 @@ impl Txn<'_> {
 
     pub fn set_meta(&mut self, name: &str, value: &str) {
         self.insert(format!("k/{name}"), value.as_bytes().to_vec());
+    }
+
+    /// `store copy`: a reply reference kept without its item (format 3), as it was.
+    pub fn put_ref(&mut self, reference: &str, m: &MessageRef) {
+        self.insert(format!("m/{reference}"), encode(m));
     }
 }
 
@@ -1076,6 +988,65 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the store holds any record or outbox item (`store copy` refuses such a target).
+    pub fn holds_data(&self) -> Result<bool> {
+        Ok(self.tree.scan_prefix(b"r/").next().is_some()
+            || self.tree.scan_prefix(b"o/").next().is_some())
+    }
+
+    /// Every inbound outcome with the key it is found by, in arrival order.
+    pub fn each_inbound_keyed(
+        &self,
+        mut f: impl FnMut(String, InboundRecord) -> Result<()>,
+    ) -> Result<()> {
+        let mut keys = std::collections::HashMap::new();
+        for kv in self.tree.scan_prefix(b"i/") {
+            let (k, v) = kv?;
+            if let Ok(seq) = <[u8; 8]>::try_from(&v[..]) {
+                keys.insert(
+                    u64::from_be_bytes(seq),
+                    String::from_utf8_lossy(&k[2..]).into_owned(),
+                );
+            }
+        }
+        for kv in self.tree.scan_prefix(b"j/") {
+            let (k, v) = kv?;
+            let seq = std::str::from_utf8(&k[2..])
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            if let Some(key) = seq.and_then(|s| keys.remove(&s)) {
+                f(key, decode(&k, &v)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every small named value (`Txn::set_meta`: IMAP positions and the like), without the
+    /// store's own marks (format, index marks).
+    pub fn each_meta(&self, mut f: impl FnMut(String, String) -> Result<()>) -> Result<()> {
+        for kv in self.tree.scan_prefix(b"k/") {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k[2..]).into_owned();
+            if ["format", "customer-index", "sent-index", "probe"].contains(&name.as_str()) {
+                continue;
+            }
+            f(name, String::from_utf8_lossy(&v).into_owned())?;
+        }
+        Ok(())
+    }
+
+    /// Every reply reference kept without its outbox item (`m/`, format 3).
+    pub fn each_ref(&self, mut f: impl FnMut(String, MessageRef) -> Result<()>) -> Result<()> {
+        for kv in self.tree.scan_prefix(b"m/") {
+            let (k, v) = kv?;
+            f(
+                String::from_utf8_lossy(&k[2..]).into_owned(),
+                decode(&k, &v)?,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Every inbound outcome, in arrival order.
     pub fn each_inbound(&self, mut f: impl FnMut(InboundRecord) -> Result<()>) -> Result<()> {
         for kv in self.tree.scan_prefix(b"j/") {
@@ -1103,6 +1074,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Purpose;
     use crate::outbox::{MailFieldsV1, MailKind, OutboxState};
     use chrono::{TimeZone, Utc};
 
@@ -1236,8 +1208,10 @@ mod tests {
                     it.state = OutboxState::Sent;
                     it.sent_at = Some(at);
                     // as an older binary wrote it: the item, no `t/` entry
-                    txn.insert("o/sent", encode(&it));
-                    txn.remove(SENT_INDEX_KEY.to_vec());
+                    if let super::super::Txn::Sled(txn) = txn {
+                        txn.insert("o/sent", encode(&it));
+                        txn.remove(SENT_INDEX_KEY.to_vec());
+                    }
                     Ok(())
                 })
                 .unwrap_or_else(|e| panic!("{e}"));

@@ -142,6 +142,9 @@ fn revoking_the_provider_revokes_its_pending_customer_invitations() {
 
 #[test]
 fn accepting_a_customer_invitation_rechecks_the_provider_authorization() {
+    if crate::harness::sled_only("edits a sled store written before revocations cascaded") {
+        return;
+    }
     let mut d = Daemon::start(Options::default());
     let (auth, customers) = authorized_reseller_with_customers(&d, 1);
     let (cust, link) = customers[0].clone();

@@ -30,6 +30,9 @@ pub struct Options {
     /// Extra TOML lines for `[store]` and `[mail]` (e.g. `retention = "2s"`, `templates = "tpl"`).
     pub store_extra: String,
     pub mail_extra: String,
+    /// The `[store]` lines naming the backend (None: the suite's parameter, a new store each):
+    /// several daemons on one PostgreSQL database share the same lines.
+    pub store: Option<String>,
 }
 
 impl Default for Options {
@@ -47,17 +50,202 @@ impl Default for Options {
             nofile: None,
             store_extra: String::new(),
             mail_extra: String::new(),
+            store: None,
         }
     }
 }
 
+/// The store backend the suite runs on, a test parameter: `INVITED_TEST_STORE=postgres` with
+/// `INVITED_TEST_PGSTACK=DIR` (a server `scripts/pgstack start DIR` runs; `scripts/test` starts
+/// one) runs every daemon and in-process app on a database of its own there; unset, on sled.
+pub struct Pg {
+    env: std::collections::HashMap<String, String>,
+}
+
+pub fn pg() -> Option<&'static Pg> {
+    if std::env::var("INVITED_TEST_STORE").as_deref() == Ok("postgres") {
+        Some(pgstack())
+    } else {
+        None
+    }
+}
+
+/// A PostgreSQL server for the tests that need one whatever the backend parameter (several
+/// daemons on one database, `store copy`): `INVITED_TEST_PGSTACK=DIR` if set (scripts/test
+/// starts one for the whole run), else one started here in a temp directory for this test
+/// process, with a watcher that stops it (by pid) when the process is gone.
+pub fn pgstack() -> &'static Pg {
+    static PG: std::sync::OnceLock<Pg> = std::sync::OnceLock::new();
+    PG.get_or_init(|| {
+        let dir = match std::env::var("INVITED_TEST_PGSTACK") {
+            Ok(d) => d,
+            Err(_) => start_pgstack().display().to_string(),
+        };
+        let text = std::fs::read_to_string(format!("{dir}/env"))
+            .unwrap_or_else(|e| panic!("{dir}/env: {e}"));
+        let env = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Pg { env }
+    })
+}
+
+/// A PostgreSQL server of its own (`scripts/pgstack start` in a new temp directory), stopped by
+/// a watcher when this test process is gone (or earlier by `scripts/pgstack stop DIR`).
+pub fn start_pgstack() -> PathBuf {
+    let dir = tempfile::Builder::new()
+        .prefix("invpg")
+        .tempdir_in("/tmp")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .keep();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pgstack");
+    let out = Command::new(script)
+        .arg("start")
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    assert!(
+        out.status.success(),
+        "pgstack start failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let watch = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 1; done; {script} stop {d} >/dev/null 2>&1; rm -rf {d}",
+        std::process::id(),
+        d = dir.display()
+    );
+    // setsid -f: the watcher runs on in its own session; this returns at once
+    Command::new("setsid")
+        .args(["-f", "sh", "-c", &watch])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("the pgstack watcher: {e}"));
+    dir
+}
+
+impl Pg {
+    /// The server in `dir` (started by [`start_pgstack`]).
+    pub fn at(dir: &std::path::Path) -> Pg {
+        let text = std::fs::read_to_string(dir.join("env"))
+            .unwrap_or_else(|e| panic!("{}/env: {e}", dir.display()));
+        Pg {
+            env: text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// Whether this run is on PostgreSQL (tests of the sled store itself skip, saying so).
+pub fn on_postgres() -> bool {
+    pg().is_some()
+}
+
+impl Pg {
+    pub fn var(&self, k: &str) -> &str {
+        self.env
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("{k} missing from the pgstack env file"))
+    }
+
+    /// psql on the server's `postgres` database.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(format!("{}/psql", self.var("PGSTACK_BIN")))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                self.var("PGSTACK_PORT"),
+                "-U",
+                "invited",
+            ])
+            .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+            .env(
+                "PGPASSWORD",
+                std::fs::read_to_string(self.var("PGSTACK_PASSWORD_FILE"))
+                    .unwrap_or_default()
+                    .trim(),
+            )
+            .output()
+            .unwrap_or_else(|e| panic!("psql: {e}"));
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A new empty database; its `[store]` lines.
+    pub fn new_store(&self) -> String {
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.psql(&format!("CREATE DATABASE {name}"));
+        self.store_lines(&name)
+    }
+
+    /// The `[store]` lines for the existing database `name`.
+    pub fn store_lines(&self, name: &str) -> String {
+        format!(
+            "backend = \"postgres\"\nurl = \"postgres://invited@127.0.0.1:{}/{name}\"\npassword_file = \"{}\"\n",
+            self.var("PGSTACK_PORT"),
+            self.var("PGSTACK_PASSWORD_FILE")
+        )
+    }
+}
+
+static NEXT_DB: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// For a test of the sled store itself (its files, its format, its backups): true, and the test
+/// returns, on a PostgreSQL run; it says so on stderr.
+pub fn sled_only(what: &str) -> bool {
+    if on_postgres() {
+        eprintln!("not run on PostgreSQL: {what}");
+    }
+    on_postgres()
+}
+
+/// With PostgreSQL a daemon does not make its own key: the test gives it one, as ops would.
+pub fn give_key(dir: &std::path::Path) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let keys = dir.join("keys");
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&keys);
+    let path = keys.join("k1.key");
+    if !path.exists() {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let key: String = (0..64)
+            .map(|i| char::from(b"0123456789abcdef"[(i * 7 + std::process::id() as usize) % 16]))
+            .collect();
+        f.write_all(key.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 pub fn config_text(o: &Options) -> String {
+    let store = match (&o.store, pg()) {
+        (Some(lines), _) => lines.clone(),
+        (None, Some(pg)) => pg.new_store(),
+        (None, None) => "path = \"store\"\ncache_capacity = 8000000\n".to_string(),
+    };
     format!(
         r#"
 [store]
-path = "store"
-cache_capacity = 8000000
-{}
+{store}{}
 [http]
 listen = "127.0.0.1:0"
 public_url = "http://links.invited.test"
@@ -154,7 +342,11 @@ impl Daemon {
             .tempdir_in("/tmp")
             .unwrap_or_else(|e| panic!("tempdir: {e}"));
         let config = dir.path().join("invited.toml");
-        std::fs::write(&config, config_text(&o)).unwrap_or_else(|e| panic!("{e}"));
+        let text = config_text(&o);
+        std::fs::write(&config, &text).unwrap_or_else(|e| panic!("{e}"));
+        if text.contains("backend = \"postgres\"") {
+            give_key(dir.path());
+        }
         Daemon {
             dir,
             config,

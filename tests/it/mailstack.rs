@@ -273,7 +273,7 @@ fn replies_are_picked_up_by_polling() {
 }
 
 /// APPENDs raw messages to a user's mailbox over IMAP (creating it if needed).
-fn append(ms: &MailStack, user: &str, mailbox: &str, raws: &[String], recreate: bool) {
+pub fn append(ms: &MailStack, user: &str, mailbox: &str, raws: &[String], recreate: bool) {
     let (rt, mut s) = ms.imap(user);
     rt.block_on(async {
         if recreate {

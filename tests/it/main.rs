@@ -13,6 +13,7 @@ mod flow;
 mod hardening;
 mod harness;
 mod mailstack;
+mod multi;
 mod oauth;
 mod pacing;
 mod service;

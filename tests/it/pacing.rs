@@ -79,9 +79,9 @@ fn a_day_of_pacing_on_an_injected_clock() {
         .unwrap_or_else(|| panic!("a time"));
     let midnight = start + chrono::Duration::minutes(3);
     let sent = rt.block_on(async {
+        crate::harness::give_key(path.parent().unwrap_or(&path));
         let shared = invited::daemon::load_shared(cfg.clone()).unwrap_or_else(|e| panic!("{e}"));
-        let store = invited::store::Store::open(&cfg.store_path, 8_000_000)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let store = invited::store::Store::open(&cfg).unwrap_or_else(|e| panic!("{e}"));
         let app = Arc::new(invited::app::App::new(store, shared));
         for i in 0..150 {
             let row = invited::rules::InviteRow {

@@ -55,8 +55,9 @@ fn secrets_come_from_the_credentials_directory() {
     assert_eq!(out["state"], "sent", "SMTP AUTH with the credential: {out}");
     let m = wait_inbox(&ms, "ops@contoso.test", 1).remove(0);
     assert_eq!(m.message_id, out["message_id"].as_str().unwrap_or_default());
+    // (on PostgreSQL the harness puts a key file in keys/, as ops must: it is not used here)
     assert!(
-        !d.dir.path().join("keys").exists(),
+        crate::harness::on_postgres() || !d.dir.path().join("keys").exists(),
         "no key generated: the credential is the key"
     );
     // links are signed with the credential key: an invitation's link opens

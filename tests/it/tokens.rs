@@ -163,7 +163,13 @@ fn concurrent_posts_of_one_token_make_one_transition() {
     assert_eq!(
         done + already + generic,
         100,
-        "the rest get the already-done or the generic page"
+        "the rest get the already-done or the generic page; others: {:?}; log: {}",
+        responses
+            .iter()
+            .filter(|r| !(r.status == 200 || r.status == 404))
+            .map(|r| (r.status, r.body.chars().take(200).collect::<String>()))
+            .collect::<Vec<_>>(),
+        d.log()
     );
     let h = d.json(&["show", &id])["history"].clone();
     assert_eq!(

@@ -618,9 +618,9 @@ fn app(dir: &std::path::Path) -> Arc<invited::app::App> {
     let path = dir.join("invited.toml");
     std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
     let cfg = invited::config::Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    crate::harness::give_key(path.parent().unwrap_or(&path));
     let shared = invited::daemon::load_shared(cfg.clone()).unwrap_or_else(|e| panic!("{e}"));
-    let store =
-        invited::store::Store::open(&cfg.store_path, 8_000_000).unwrap_or_else(|e| panic!("{e}"));
+    let store = invited::store::Store::open(&cfg).unwrap_or_else(|e| panic!("{e}"));
     Arc::new(invited::app::App::new(store, shared))
 }
 
