@@ -3,8 +3,11 @@
 # the numbers read from /proc. Not a script of its own.
 # env: INVITED_BIN (a daemon binary to measure instead of building this tree's release binary),
 #      STORE_EXTRA (lines added under [store], e.g. 'cache_capacity = 8388608'),
-#      PACE=N (rate_per_second = N: the sender all but idle, to measure the enqueue alone)
+#      PACE=N (rate_per_second = N: the sender all but idle, to measure the enqueue alone),
+#      STORE=postgres (the store in a throw-away PostgreSQL instead of sled: bench/pgstore.sh)
 
+# shellcheck source=bench/pgstore.sh
+. bench/pgstore.sh
 BIN=${INVITED_BIN:-target/release/invited}
 [ -n "${INVITED_BIN:-}" ] || cargo build --release -q
 
@@ -16,6 +19,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+pg_store_start
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
@@ -59,6 +63,7 @@ name = "Contoso Distribution Korea"
 email = "ops@contoso.test"
 markets = ["KR"]
 TOML
+  pg_store "$d/invited.toml"
 }
 
 # start_daemon DIR: starts it, waits for /readyz 200; sets DPID and READY_S (exec to ready, s)
