@@ -407,6 +407,61 @@ pub struct Record {
     pub body: Body,
 }
 
+/// What a transition causes besides the record's own change (its new state and history entry,
+/// which the transition method makes): the mails to queue and the timers to arm. `App::carry_out`
+/// writes the record and these in the same transaction, whichever store backend is configured,
+/// so what a transition means is said once, here.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[must_use = "a transition's mails and timers must be carried out (App::carry_out)"]
+pub struct Effects {
+    pub mails: Vec<Mail>,
+    /// arm the current link's reminder and expiry timers (the policy decides when)
+    pub link_timers: bool,
+    /// arm the expiry timer at this time (a reminder stood for it until it ran)
+    pub expire_at: Option<Timestamp>,
+}
+
+/// A mail a transition causes, to the record's recipient or its provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mail {
+    /// the record's current link (an invitation, a verification, the agreement), or its reminder
+    Link { reminder: bool },
+    /// the enrollment's new status, with a note for the contact (a rejection's reason)
+    Status { note: String },
+    /// to the provider: the invitation's new state, with the server's or our own words
+    ProviderNotice { words: String },
+}
+
+impl Effects {
+    fn mail(m: Mail) -> Effects {
+        Effects {
+            mails: vec![m],
+            ..Effects::default()
+        }
+    }
+
+    fn status() -> Effects {
+        Effects::mail(Mail::Status {
+            note: String::new(),
+        })
+    }
+
+    fn notice(words: &str) -> Effects {
+        Effects::mail(Mail::ProviderNotice {
+            words: words.to_string(),
+        })
+    }
+}
+
+/// How a channel reads in a history entry ("contact verified by link").
+fn via(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Link => " by link",
+        Channel::Reply => " by reply",
+        _ => "",
+    }
+}
+
 /// A refused transition: the record is in a state where this does not apply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {id} is {state}: cannot {what}")]
@@ -641,11 +696,15 @@ impl Record {
     }
 
     /// The one reminder before an invitation expires: a same-state history entry, which keeps
-    /// the reminder's Message-ID.
-    pub fn remind(&mut self, now: Timestamp) {
+    /// the reminder's Message-ID; the reminder mail, and the expiry it stood for armed.
+    pub fn remind(&mut self, now: Timestamp) -> Effects {
         self.reminded = true;
         let state = self.state_str();
         self.push(state, Channel::Timer, "reminder sent", now);
+        Effects {
+            mails: vec![Mail::Link { reminder: true }],
+            ..Effects::default()
+        }
     }
 
     /// A fresh link: the generation goes up so every older link and reply reference dies.
@@ -663,8 +722,14 @@ impl Record {
         self.push(state, channel, detail, now);
     }
 
-    /// A failed delivery makes any record that still waits on its recipient undeliverable.
-    pub fn bounce(&mut self, detail: &str, now: Timestamp) -> Result<&'static str, Refusal> {
+    /// A failed delivery makes any record that still waits on its recipient undeliverable; the
+    /// provider hears it with the server's `words`.
+    pub fn bounce(
+        &mut self,
+        detail: &str,
+        words: &str,
+        now: Timestamp,
+    ) -> Result<Effects, Refusal> {
         match self.kind() {
             Kind::Enrollment => {
                 self.set_enrollment(EnrollmentState::Undeliverable, Channel::Bounce, detail, now)?
@@ -679,23 +744,175 @@ impl Record {
                 self.set_customer(CustomerState::Undeliverable, Channel::Bounce, detail, now)?
             }
         }
-        Ok("undeliverable")
+        Ok(Effects::notice(words))
     }
 
-    /// The record's TTL passed while it was still waiting.
-    pub fn expire(&mut self, now: Timestamp) -> Result<(), Refusal> {
+    /// The record's TTL passed while it was still waiting; an enrollment's contact hears it.
+    pub fn expire(&mut self, now: Timestamp) -> Result<Effects, Refusal> {
         let detail = "time to live passed";
         match self.kind() {
             Kind::Enrollment => {
-                self.set_enrollment(EnrollmentState::Expired, Channel::Timer, detail, now)
+                self.set_enrollment(EnrollmentState::Expired, Channel::Timer, detail, now)?;
+                Ok(Effects::status())
             }
             Kind::ProviderAuthorization => {
-                self.set_authorization(AuthorizationState::Expired, Channel::Timer, detail, now)
+                self.set_authorization(AuthorizationState::Expired, Channel::Timer, detail, now)?;
+                Ok(Effects::default())
             }
             Kind::CustomerInvitation => {
-                self.set_customer(CustomerState::Expired, Channel::Timer, detail, now)
+                self.set_customer(CustomerState::Expired, Channel::Timer, detail, now)?;
+                Ok(Effects::default())
             }
         }
+    }
+
+    /// The contact confirmed their address: the enrollment goes to review; they hear it.
+    pub fn verify_contact(&mut self, channel: Channel, now: Timestamp) -> Result<Effects, Refusal> {
+        let detail = format!("contact verified{}", via(channel));
+        self.set_enrollment(EnrollmentState::InReview, channel, &detail, now)?;
+        Ok(Effects::status())
+    }
+
+    /// The contact accepted the partner agreement: the enrollment is active; they hear it. (The
+    /// invitations waiting for this address are renewed by [`Record::renew_for_enrollment`].)
+    pub fn accept_agreement(
+        &mut self,
+        channel: Channel,
+        now: Timestamp,
+    ) -> Result<Effects, Refusal> {
+        let detail = format!("partner agreement accepted{}", via(channel));
+        self.set_enrollment(EnrollmentState::Active, channel, &detail, now)?;
+        Ok(Effects::status())
+    }
+
+    /// Staff approved an enrollment in review: the agreement link goes out, valid until
+    /// `expires_at`.
+    pub fn approve(
+        &mut self,
+        channel: Channel,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<Effects, Refusal> {
+        self.set_enrollment(EnrollmentState::Approved, channel, "approved", now)?;
+        self.expires_at = Some(expires_at);
+        Ok(Effects::mail(Mail::Link { reminder: false }))
+    }
+
+    /// Staff rejected an enrollment in review; the contact hears the reason.
+    pub fn reject(
+        &mut self,
+        reason: &str,
+        channel: Channel,
+        now: Timestamp,
+    ) -> Result<Effects, Refusal> {
+        self.set_enrollment(EnrollmentState::Rejected, channel, reason, now)?;
+        Ok(Effects::mail(Mail::Status {
+            note: reason.to_string(),
+        }))
+    }
+
+    /// An invitation still waiting for an address whose enrollment just became active: linked to
+    /// it, with a fresh link (and its timers) valid until `expires_at`. None if it is not waiting.
+    pub fn renew_for_enrollment(
+        &mut self,
+        enrollment: RecordId,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Option<Effects> {
+        match &mut self.body {
+            Body::ProviderAuthorization(a) if a.state == AuthorizationState::Invited => {
+                a.enrollment = Some(enrollment);
+            }
+            _ => return None,
+        }
+        self.renew_link(
+            expires_at,
+            "enrollment active: invitation re-sent with a fresh link",
+            Channel::Timer,
+            now,
+        );
+        Some(Effects {
+            mails: vec![Mail::Link { reminder: false }],
+            link_timers: true,
+            expire_at: None,
+        })
+    }
+
+    /// Staff resent the record's link: a fresh one valid until `expires_at` (every older link
+    /// dies), mailed, with its timers.
+    pub fn resend(&mut self, expires_at: Timestamp, channel: Channel, now: Timestamp) -> Effects {
+        self.renew_link(
+            expires_at,
+            "re-sent with a fresh link; older links no longer work",
+            channel,
+            now,
+        );
+        Effects {
+            mails: vec![Mail::Link { reminder: false }],
+            link_timers: true,
+            expire_at: None,
+        }
+    }
+
+    /// Staff revoked a provider authorization or a customer invitation (its links die). An
+    /// authorization's waiting customer invitations go with it (`App::revoke_pending_customers`).
+    pub fn revoke(&mut self, channel: Channel, now: Timestamp) -> Result<Effects, Refusal> {
+        match self.kind() {
+            Kind::ProviderAuthorization => {
+                self.set_authorization(AuthorizationState::Revoked, channel, "revoked", now)?
+            }
+            Kind::CustomerInvitation => {
+                self.set_customer(CustomerState::Revoked, channel, "revoked", now)?
+            }
+            Kind::Enrollment => return Err(self.refuse("be revoked (an enrollment is rejected)")),
+        }
+        Ok(Effects::default())
+    }
+
+    /// The reseller authorized the provider, with its active enrollment; the provider hears it.
+    pub fn authorize(
+        &mut self,
+        enrollment: RecordId,
+        channel: Channel,
+        now: Timestamp,
+    ) -> Result<Effects, Refusal> {
+        let detail = format!("provider authorized{}", via(channel));
+        self.set_authorization(AuthorizationState::Authorized, channel, &detail, now)?;
+        if let Body::ProviderAuthorization(a) = &mut self.body {
+            a.enrollment = Some(enrollment);
+        }
+        Ok(Effects::notice(""))
+    }
+
+    /// The recipient declined an invitation (a provider's: the provider hears it; a customer
+    /// invitation: nobody is mailed).
+    pub fn decline(&mut self, channel: Channel, now: Timestamp) -> Result<Effects, Refusal> {
+        let detail = format!("declined{}", via(channel));
+        match self.kind() {
+            Kind::ProviderAuthorization => {
+                self.set_authorization(AuthorizationState::Declined, channel, &detail, now)?;
+                Ok(Effects::notice(""))
+            }
+            Kind::CustomerInvitation => {
+                self.set_customer(CustomerState::Declined, channel, &detail, now)?;
+                Ok(Effects::default())
+            }
+            Kind::Enrollment => Err(self.refuse("decline (an enrollment is not declined)")),
+        }
+    }
+
+    /// The customer accepted (the caller checked the provider is still authorized).
+    pub fn accept_customer(
+        &mut self,
+        channel: Channel,
+        now: Timestamp,
+    ) -> Result<Effects, Refusal> {
+        let detail = format!(
+            "customer accepted{}: reseller-customer and provider-customer relationships created",
+            via(channel)
+        );
+        self.set_customer(CustomerState::Accepted, channel, &detail, now)?;
+        Ok(Effects::default())
     }
 }
 
@@ -724,6 +941,72 @@ mod tests {
             "invited",
             now(),
         )
+    }
+
+    /// What each transition causes is the model's to say: the state, the history entry, the
+    /// mails and timers. A refused one changes nothing.
+    #[test]
+    fn transitions_say_their_effects() {
+        let mut a = auth();
+        let e = a
+            .decline(Channel::Link, now())
+            .unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!(a.state_str(), "declined");
+        let last = a
+            .history
+            .last()
+            .cloned()
+            .unwrap_or_else(|| panic!("history"));
+        assert_eq!(
+            (last.from.as_str(), last.to.as_str()),
+            ("invited", "declined")
+        );
+        assert_eq!(last.detail, "declined by link");
+        assert_eq!(
+            e.mails,
+            vec![Mail::ProviderNotice {
+                words: String::new()
+            }]
+        );
+        // a second decline is refused and leaves the record as it was
+        let before = a.history.len();
+        assert!(a.decline(Channel::Reply, now()).is_err());
+        assert_eq!(a.history.len(), before);
+
+        let mut b = auth();
+        let until = now() + chrono::Duration::days(14);
+        let e = b.resend(until, Channel::Cli, now());
+        assert_eq!((b.generation, b.expires_at), (1, Some(until)));
+        assert!(e.link_timers);
+        assert_eq!(e.mails, vec![Mail::Link { reminder: false }]);
+        let e = b.remind(now());
+        assert!(b.reminded);
+        assert_eq!(e.mails, vec![Mail::Link { reminder: true }]);
+        let e = b.bounce("hard bounce: 550", "550 no such user", now());
+        assert_eq!(b.state_str(), "undeliverable");
+        assert_eq!(
+            e.map(|e| e.mails),
+            Ok(vec![Mail::ProviderNotice {
+                words: "550 no such user".into()
+            }])
+        );
+        assert!(b
+            .authorize(RecordId([1; 16]), Channel::Link, now())
+            .is_err());
+
+        let mut c = auth();
+        let e = c.authorize(RecordId([2; 16]), Channel::Reply, now());
+        assert!(e.is_ok());
+        assert_eq!(
+            c.authorization().and_then(|x| x.enrollment),
+            Some(RecordId([2; 16]))
+        );
+        assert_eq!(
+            c.history.last().map(|t| t.detail.as_str()),
+            Some("provider authorized by reply")
+        );
+        assert!(c.revoke(Channel::Cli, now()).is_ok());
+        assert_eq!((c.state_str(), c.generation), ("revoked", 1));
     }
 
     #[test]

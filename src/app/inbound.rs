@@ -212,10 +212,10 @@ impl App {
                     return Ok(("bounce", delayed(words), record));
                 }
                 let detail = format!("hard bounce: {}", short(words));
-                match rec.bounce(&detail, now) {
-                    Ok(to) => {
-                        self.save(txn, &rec)?;
-                        Self::queue_provider_notice(sh, txn, &rec, words, now)?;
+                match rec.bounce(&detail, words, now) {
+                    Ok(effects) => {
+                        let to = rec.state_str();
+                        self.carry_out(sh, txn, &rec, effects, now)?;
                         let suppressed = self
                             .suppress_after_bounce(sh, txn, &rec, &detail, now)?
                             .unwrap_or_default();

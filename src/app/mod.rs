@@ -26,8 +26,8 @@ use crate::config::{Config, Provider, ReplyAuthorize};
 use crate::metrics::Metrics;
 use crate::model::{
     random_ref, rfc3339, AuthorizationState, Body, Channel, CustomerInvitation, CustomerState,
-    Email, EnrollmentState, Kind, ProviderAuthorization, Purpose, Record, RecordId, Refusal,
-    Timestamp,
+    Effects, Email, EnrollmentState, Kind, ProviderAuthorization, Purpose, Record, RecordId,
+    Refusal, Timestamp,
 };
 use crate::outbox::{LinkSpec, MailFieldsV1, MailKind, OutboxItem, OutboxState};
 use crate::rules::{self, EnrollFields, FieldError, InviteRow};
@@ -507,6 +507,45 @@ impl App {
         Ok(())
     }
 
+    /// Writes a record a transition changed, and what the transition causes (`model::Effects`):
+    /// its mails queued and its timers armed, in the same transaction. The one place a
+    /// transition's effects are carried out, on either store backend.
+    fn carry_out(
+        &self,
+        sh: &Shared,
+        txn: &mut Txn,
+        rec: &Record,
+        effects: Effects,
+        now: Timestamp,
+    ) -> Result<()> {
+        // a same-state entry (a reminder, a fresh link) is not a transition for the metrics
+        if rec.history.last().is_none_or(|t| t.from != t.to) {
+            self.save(txn, rec)?;
+        } else {
+            txn.put_record(rec)?;
+        }
+        if effects.link_timers {
+            Self::schedule_timers(sh, txn, rec, now);
+        }
+        if let Some(at) = effects.expire_at {
+            txn.schedule(&at, &rec.id, TimerKind::Expire);
+        }
+        for mail in effects.mails {
+            match mail {
+                crate::model::Mail::Link { reminder } => {
+                    Self::queue_link_mail(sh, txn, rec, reminder, now)?
+                }
+                crate::model::Mail::Status { note } => {
+                    Self::queue_status(sh, txn, rec, &note, now)?
+                }
+                crate::model::Mail::ProviderNotice { words } => {
+                    Self::queue_provider_notice(sh, txn, rec, &words, now)?
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// [`save`](Self::save) for a record made by `Record::new` in this batch.
     fn save_new(&self, txn: &mut Txn, rec: &Record) -> Result<()> {
         txn.put_new_record(rec)?;
@@ -555,50 +594,18 @@ impl App {
         if rec.awaiting() != Some(purpose) {
             return Ok(Some(NotDone::NotAwaiting));
         }
-        let via = match channel {
-            Channel::Link => "by link",
-            Channel::Reply => "by reply",
-            _ => "",
-        };
-        match (purpose, action) {
-            (Purpose::VerifyContact, Action::Confirm) => {
-                rec.set_enrollment(
-                    EnrollmentState::InReview,
-                    channel,
-                    &format!("contact verified {via}"),
-                    now,
-                )?;
-                self.save(txn, rec)?;
-                Self::queue_status(sh, txn, rec, "", now)?;
-            }
+        let effects = match (purpose, action) {
+            (Purpose::VerifyContact, Action::Confirm) => rec.verify_contact(channel, now)?,
             (Purpose::AcceptAgreement, Action::Accept) => {
-                rec.set_enrollment(
-                    EnrollmentState::Active,
-                    channel,
-                    &format!("partner agreement accepted {via}"),
-                    now,
-                )?;
-                self.save(txn, rec)?;
-                Self::queue_status(sh, txn, rec, "", now)?;
+                let effects = rec.accept_agreement(channel, now)?;
                 // Invitations waiting for this address get a fresh link now that it can authorize.
+                let until = now + to_chrono(sh.cfg.invitation_ttl);
                 for mut inv in txn.records_for_recipient(rec.recipient())? {
-                    if inv
-                        .authorization()
-                        .is_some_and(|a| a.state == AuthorizationState::Invited)
-                    {
-                        if let Body::ProviderAuthorization(a) = &mut inv.body {
-                            a.enrollment = Some(rec.id);
-                        }
-                        inv.renew_link(
-                            now + to_chrono(sh.cfg.invitation_ttl),
-                            "enrollment active: invitation re-sent with a fresh link",
-                            Channel::Timer,
-                            now,
-                        );
-                        txn.put_record(&inv)?;
-                        Self::open_link(sh, txn, &inv, now)?;
+                    if let Some(renewed) = inv.renew_for_enrollment(rec.id, until, now) {
+                        self.carry_out(sh, txn, &inv, renewed, now)?;
                     }
                 }
+                effects
             }
             (Purpose::AuthorizeProvider, Action::Authorize) => {
                 let Some(enrollment) = Self::active_enrollment(txn, rec.recipient())? else {
@@ -617,31 +624,14 @@ impl App {
                         }));
                     }
                 }
-                if let Body::ProviderAuthorization(a) = &mut rec.body {
-                    a.enrollment = Some(enrollment.id);
-                }
-                rec.set_authorization(
-                    AuthorizationState::Authorized,
-                    channel,
-                    &format!("provider authorized {via}"),
-                    now,
-                )?;
-                self.save(txn, rec)?;
-                Self::queue_provider_notice(sh, txn, rec, "", now)?;
+                rec.authorize(enrollment.id, channel, now)?
             }
-            (Purpose::AuthorizeProvider, Action::Decline) => {
-                rec.set_authorization(
-                    AuthorizationState::Declined,
-                    channel,
-                    &format!("declined {via}"),
-                    now,
-                )?;
-                self.save(txn, rec)?;
-                Self::queue_provider_notice(sh, txn, rec, "", now)?;
-                // No customer invitation to revoke: one needs its provider authorized, and this
-                // authorization was `invited` until now (nothing leads back to `invited`), so it
-                // never was. Looking would read every record of the provider (10,000 reads per
-                // decline after a 10,000-row CSV).
+            // No customer invitation to revoke after a provider invitation's decline: one needs
+            // its provider authorized, and this authorization was `invited` until now (nothing
+            // leads back to `invited`), so it never was. Looking would read every record of the
+            // provider (10,000 reads per decline after a 10,000-row CSV).
+            (Purpose::AuthorizeProvider | Purpose::AcceptCustomer, Action::Decline) => {
+                rec.decline(channel, now)?
             }
             (Purpose::AcceptCustomer, Action::Accept) => {
                 // the provider must still be authorized now, not only when the invitation went out
@@ -656,23 +646,14 @@ impl App {
                 if !authorized {
                     return Ok(Some(NotDone::ProviderNotAuthorized));
                 }
-                rec.set_customer(CustomerState::Accepted, channel, &format!("customer accepted {via}: reseller-customer and provider-customer relationships created"), now)?;
-                self.save(txn, rec)?;
-            }
-            (Purpose::AcceptCustomer, Action::Decline) => {
-                rec.set_customer(
-                    CustomerState::Declined,
-                    channel,
-                    &format!("declined {via}"),
-                    now,
-                )?;
-                self.save(txn, rec)?;
+                rec.accept_customer(channel, now)?
             }
             (Purpose::VerifyContact | Purpose::AcceptAgreement, Action::Decline) => {
                 return Ok(Some(NotDone::NoDecline))
             }
             _ => return Ok(Some(NotDone::WrongAction)),
-        }
+        };
+        self.carry_out(sh, txn, rec, effects, now)?;
         Ok(None)
     }
 }

@@ -72,7 +72,7 @@ impl App {
     /// One timer entry per record where it can be: an invitation's reminder comes first and
     /// arms the expiry when it runs (`run_timers`), so a bulk CSV writes one timer key a row,
     /// not two (store format 4).
-    fn schedule_timers(sh: &Shared, txn: &mut Txn, rec: &Record, now: Timestamp) {
+    pub(super) fn schedule_timers(sh: &Shared, txn: &mut Txn, rec: &Record, now: Timestamp) {
         let remind_at = (rec.kind() == Kind::ProviderAuthorization
             && sh.cfg.reminder_after < sh.cfg.invitation_ttl)
             .then(|| now + to_chrono(sh.cfg.reminder_after));
@@ -369,16 +369,12 @@ impl App {
                     rec.kind().as_str()
                 )));
             }
-            if approve {
-                rec.set_enrollment(EnrollmentState::Approved, channel, "approved", now)?;
-                rec.expires_at = Some(now + to_chrono(sh.cfg.invitation_ttl));
-                self.save(txn, &rec)?;
-                Self::queue_link_mail(&sh, txn, &rec, false, now)?;
+            let effects = if approve {
+                rec.approve(channel, now + to_chrono(sh.cfg.invitation_ttl), now)?
             } else {
-                rec.set_enrollment(EnrollmentState::Rejected, channel, reason.trim(), now)?;
-                self.save(txn, &rec)?;
-                Self::queue_status(&sh, txn, &rec, reason.trim(), now)?;
-            }
+                rec.reject(reason.trim(), channel, now)?
+            };
+            self.carry_out(&sh, txn, &rec, effects, now)?;
             Ok(rec)
         })?;
         self.commit().await?;

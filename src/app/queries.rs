@@ -167,14 +167,8 @@ impl App {
             } else {
                 sh.cfg.invitation_ttl
             };
-            rec.renew_link(
-                now + to_chrono(ttl),
-                "re-sent with a fresh link; older links no longer work",
-                channel,
-                now,
-            );
-            txn.put_record(&rec)?;
-            Self::open_link(&sh, txn, &rec, now)?;
+            let effects = rec.resend(now + to_chrono(ttl), channel, now);
+            self.carry_out(&sh, txn, &rec, effects, now)?;
             Ok(rec)
         })?;
         self.commit().await?;
@@ -183,14 +177,14 @@ impl App {
 
     pub async fn revoke(&self, id: &str, channel: Channel, now: Timestamp) -> Result<Record> {
         let id = parse_id(id)?;
+        let sh = self.shared();
         let rec = self.store.write(|txn| -> Result<Record> {
             let mut rec = txn.record(&id)?.ok_or_else(|| not_found(&id))?;
-            match rec.kind() {
-                Kind::ProviderAuthorization => rec.set_authorization(AuthorizationState::Revoked, channel, "revoked", now)?,
-                Kind::CustomerInvitation => rec.set_customer(CustomerState::Revoked, channel, "revoked", now)?,
-                Kind::Enrollment => return Err(AppError::Refused(format!("{id} is an enrollment; enrollments are rejected with `review reject`, not revoked"))),
+            if rec.kind() == Kind::Enrollment {
+                return Err(AppError::Refused(format!("{id} is an enrollment; enrollments are rejected with `review reject`, not revoked")));
             }
-            self.save(txn, &rec)?;
+            let effects = rec.revoke(channel, now)?;
+            self.carry_out(&sh, txn, &rec, effects, now)?;
             if rec.kind() == Kind::ProviderAuthorization {
                 self.revoke_pending_customers(txn, &rec, channel, now)?;
             }

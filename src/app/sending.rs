@@ -112,9 +112,8 @@ impl App {
                         crate::metrics::Metrics::inc(&self.metrics.failed);
                         if item.link.is_some() {
                             if let Some(mut rec) = txn.record(&item.record)? {
-                                if rec.bounce(&detail, now).is_ok() {
-                                    self.save(txn, &rec)?;
-                                    Self::queue_provider_notice(&sh, txn, &rec, e.words(), now)?;
+                                if let Ok(effects) = rec.bounce(&detail, e.words(), now) {
+                                    self.carry_out(&sh, txn, &rec, effects, now)?;
                                     // a 5xx is a hard bounce: the address goes on the list
                                     if matches!(e, SendError::Permanent(_)) {
                                         self.suppress_after_bounce(&sh, txn, &rec, &detail, now)?;

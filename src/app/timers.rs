@@ -36,10 +36,9 @@ impl App {
                                     | Purpose::AcceptCustomer
                             )
                         );
-                        if expired && expirable && rec.expire(now).is_ok() {
-                            self.save(txn, &rec)?;
-                            if rec.kind() == Kind::Enrollment {
-                                Self::queue_status(&sh, txn, &rec, "", now)?;
+                        if expired && expirable {
+                            if let Ok(effects) = rec.expire(now) {
+                                self.carry_out(&sh, txn, &rec, effects, now)?;
                             }
                         }
                     }
@@ -47,18 +46,25 @@ impl App {
                         let lead =
                             to_chrono(sh.cfg.invitation_ttl.saturating_sub(sh.cfg.reminder_after));
                         let due_now = rec.expires_at.is_some_and(|e| e > now && now >= e - lead);
+                        let mut effects = Effects::default();
                         if rec.awaiting() == Some(Purpose::AuthorizeProvider)
                             && !rec.reminded
                             && due_now
                         {
-                            rec.remind(now);
-                            txn.put_record(&rec)?;
-                            Self::queue_link_mail(&sh, txn, &rec, true, now)?;
+                            effects = rec.remind(now);
                         }
                         // the reminder stood for the expiry too (`schedule_timers`): arm it now.
                         // A store written before format 4 has it already: the same key.
                         if let (Some(at), Some(_)) = (rec.expires_at, rec.awaiting()) {
-                            txn.schedule(&at, &rec.id, TimerKind::Expire);
+                            effects.expire_at = Some(at);
+                        }
+                        if effects.mails.is_empty() {
+                            // nothing to send: the record is unchanged, only the expiry is armed
+                            if let Some(at) = effects.expire_at {
+                                txn.schedule(&at, &rec.id, TimerKind::Expire);
+                            }
+                        } else {
+                            self.carry_out(&sh, txn, &rec, effects, now)?;
                         }
                     }
                 }
