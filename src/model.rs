@@ -679,7 +679,12 @@ impl Record {
     }
 
     /// Removing admin access keeps the authorization; recorded as a same-state history entry.
-    pub fn remove_admin_access(&mut self, channel: Channel, now: Timestamp) -> Result<(), Refusal> {
+    /// Nobody is mailed.
+    pub fn remove_admin_access(
+        &mut self,
+        channel: Channel,
+        now: Timestamp,
+    ) -> Result<Effects, Refusal> {
         match &mut self.body {
             Body::ProviderAuthorization(a)
                 if a.state == AuthorizationState::Authorized && a.admin_access =>
@@ -692,7 +697,22 @@ impl Record {
             }
         }
         self.push("authorized", channel, "admin access removed", now);
-        Ok(())
+        Ok(Effects::default())
+    }
+
+    /// The address went on the provider's suppression list (`reason`: how) while this invitation
+    /// waited: it is declined and no further invitation goes there; the provider hears it in
+    /// `words`.
+    pub fn decline_suppressed(
+        &mut self,
+        reason: &str,
+        words: &str,
+        channel: Channel,
+        now: Timestamp,
+    ) -> Result<Effects, Refusal> {
+        let detail = format!("declined: {reason}; no further invitations to this address");
+        self.set_authorization(AuthorizationState::Declined, channel, &detail, now)?;
+        Ok(Effects::notice(words))
     }
 
     /// The one reminder before an invitation expires: a same-state history entry, which keeps

@@ -201,10 +201,11 @@ impl App {
         now: Timestamp,
     ) -> Result<Record> {
         let id = parse_id(id)?;
+        let sh = self.shared();
         let rec = self.store.write(|txn| -> Result<Record> {
             let mut rec = txn.record(&id)?.ok_or_else(|| not_found(&id))?;
-            rec.remove_admin_access(channel, now)?;
-            txn.put_record(&rec)?;
+            let effects = rec.remove_admin_access(channel, now)?;
+            self.carry_out(&sh, txn, &rec, effects, now)?;
             Ok(rec)
         })?;
         self.commit().await?;

@@ -170,19 +170,13 @@ impl App {
         });
         let mut declined = None;
         if let Some(mut rec) = Self::pending_invitation(txn, provider, email)? {
-            rec.set_authorization(
-                AuthorizationState::Declined,
-                channel,
-                &format!("declined: {reason}; no further invitations to this address"),
-                now,
-            )?;
-            self.save(txn, &rec)?;
             let words = if sh.cfg.default_locale == "ko-KR" {
                 "수신자가 초대 메일 수신을 거부했습니다. 담당자가 차단을 해제하기 전에는 이 주소로 초대를 보내지 않습니다."
             } else {
                 "The contact unsubscribed from invitations. No further invitation goes to this address unless staff lift the suppression."
             };
-            Self::queue_provider_notice(sh, txn, &rec, words, now)?;
+            let effects = rec.decline_suppressed(reason, words, channel, now)?;
+            self.carry_out(sh, txn, &rec, effects, now)?;
             self.revoke_pending_customers(txn, &rec, channel, now)?;
             declined = Some(rec.id);
         }
