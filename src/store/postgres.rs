@@ -20,7 +20,7 @@
 //! runtime and waits for the answer off the caller's runtime ([`off_runtime`]).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,7 +123,6 @@ struct Inner {
     /// queued and dead counts, read at most every half second (`outbox_depth` is a gauge)
     counts: Mutex<Option<(Instant, usize, usize)>>,
     commits: AtomicU64,
-    up: AtomicBool,
     /// the last readiness check: when, and whether the database answered
     checked: Mutex<Option<(Instant, bool)>>,
     /// Write transactions at once, at most half the pool: a transaction's closure may read
@@ -341,7 +340,6 @@ impl Store {
                 lease_ms: cfg.lease.as_millis() as i64,
                 counts: Mutex::new(None),
                 commits: AtomicU64::new(0),
-                up: AtomicBool::new(false),
                 checked: Mutex::new(None),
                 writers: Writers {
                     free: Mutex::new((cfg.pool_size / 2).max(1)),
@@ -361,7 +359,6 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        store.inner.up.store(true, Ordering::Relaxed);
         Ok(store)
     }
 
@@ -374,17 +371,8 @@ impl Store {
         self.inner.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        let out = off_runtime(|| rx.recv())
-            .unwrap_or_else(|_| Err(StoreError::Other("the store's runtime stopped".into())));
-        // a statement that failed to reach the server marks the store down (`is_open`)
-        match &out {
-            Err(StoreError::Postgres(m)) if m.starts_with("connecting") => {
-                self.inner.up.store(false, Ordering::Relaxed)
-            }
-            Ok(_) => self.inner.up.store(true, Ordering::Relaxed),
-            _ => {}
-        }
-        out
+        off_runtime(|| rx.recv())
+            .unwrap_or_else(|_| Err(StoreError::Other("the store's runtime stopped".into())))
     }
 
     /// One statement on a connection of its own (autocommit).
@@ -1014,14 +1002,6 @@ impl Txn<'_> {
             "SELECT item FROM outbox WHERE state = 'queued' AND due_at <= $1 ORDER BY due_at LIMIT $2",
             params![ms(now), limit.min(i64::MAX as usize) as i64],
         )?)
-    }
-
-    pub fn outbox_next_due(&self) -> Result<Option<i64>> {
-        let rows = self.query(
-            "SELECT min(due_at) FROM outbox WHERE state = 'queued'",
-            params![],
-        )?;
-        Ok(rows.first().and_then(|r| r.get::<_, Option<i64>>(0)))
     }
 
     pub fn outbox_all(&self) -> Result<Vec<OutboxItem>> {
