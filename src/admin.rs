@@ -51,6 +51,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/suppressions", get(suppressions))
         .route("/v1/suppressions/remove", post(suppression_remove))
         .route("/v1/export", get(export))
+        .route("/v1/staff", get(staff_list).post(staff_add))
+        .route("/v1/staff/remove", post(staff_remove))
+        .route("/v1/staff/reset-password", post(staff_reset_password))
         .route("/v1/backup", get(backup))
         .route("/metrics", get(admin_metrics))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
@@ -388,6 +391,31 @@ struct SuppressionRemoveBody {
 
 async fn suppression_remove(State(st): S, Json(b): Json<SuppressionRemoveBody>) -> R {
     to_value(st.app.unsuppress(&b.provider, &b.email).await?)
+}
+
+#[derive(Deserialize)]
+struct StaffBody {
+    email: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    password: String,
+}
+
+async fn staff_list(State(st): S) -> R {
+    to_value(st.app.staff_list()?)
+}
+
+async fn staff_add(State(st): S, Json(b): Json<StaffBody>) -> R {
+    to_value(st.app.staff_add(&b.email, &b.role, &b.password).await?)
+}
+
+async fn staff_remove(State(st): S, Json(b): Json<StaffBody>) -> R {
+    to_value(st.app.staff_remove(&b.email).await?)
+}
+
+async fn staff_reset_password(State(st): S, Json(b): Json<StaffBody>) -> R {
+    to_value(st.app.staff_reset_password(&b.email, &b.password).await?)
 }
 
 /// The backup file's bytes; the CLI writes them where its user asked (the daemon may not be

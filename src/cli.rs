@@ -131,6 +131,12 @@ enum Command {
         #[command(subcommand)]
         op: StoreOp,
     },
+    /// Staff accounts of the web console: `staff add EMAIL --role admin|reviewer|viewer`,
+    /// `staff list`, `staff remove EMAIL`, `staff reset-password EMAIL`
+    Staff {
+        #[command(subcommand)]
+        op: StaffOp,
+    },
     /// Export every record (formula-safe CSV or JSON)
     Export {
         #[arg(long, default_value = "csv")]
@@ -159,6 +165,29 @@ enum StoreOp {
         from: PathBuf,
         #[arg(long, value_name = "CONFIG_B")]
         to: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StaffOp {
+    /// Add an account; the password is read from the terminal (typed twice, not shown) or, with
+    /// --password-stdin, as the first line of standard input
+    Add {
+        email: String,
+        #[arg(long, value_parser = ["admin", "reviewer", "viewer"])]
+        role: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Every account with its role (never a password or hash)
+    List,
+    /// Remove an account; its console sessions end
+    Remove { email: String },
+    /// Set a new password; the account's console sessions end
+    ResetPassword {
+        email: String,
+        #[arg(long)]
+        password_stdin: bool,
     },
 }
 
@@ -319,8 +348,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             println!("{v}");
         } else {
             println!(
-                "copied {} records, {} outbox items, {} timers and {} references ({} inbound outcomes, {} suppressions)",
-                v["records"], v["outbox_items"], v["timers"], v["refs"], v["inbound"], v["suppressions"]
+                "copied {} records, {} outbox items, {} timers and {} references ({} inbound outcomes, {} suppressions, {} staff accounts)",
+                v["records"], v["outbox_items"], v["timers"], v["refs"], v["inbound"], v["suppressions"], v["staff"]
             );
         }
         return Ok(0);
@@ -570,6 +599,63 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         esc(&i["record"], "-"),
                         esc(&i["from"], ""),
                         esc(&i["effect"], "")
+                    );
+                }
+            }
+            v
+        }
+        Command::Staff { op } => {
+            let (path, body, done) = match op {
+                StaffOp::Add {
+                    email,
+                    role,
+                    password_stdin,
+                } => {
+                    let password = read_new_password(password_stdin)?;
+                    (
+                        "/v1/staff",
+                        Some(json!({"email": email, "role": role, "password": password})),
+                        "added",
+                    )
+                }
+                StaffOp::List => ("", None, ""),
+                StaffOp::Remove { email } => (
+                    "/v1/staff/remove",
+                    Some(json!({"email": email})),
+                    "removed (its console sessions ended)",
+                ),
+                StaffOp::ResetPassword {
+                    email,
+                    password_stdin,
+                } => {
+                    let password = read_new_password(password_stdin)?;
+                    (
+                        "/v1/staff/reset-password",
+                        Some(json!({"email": email, "password": password})),
+                        "password set (its console sessions ended)",
+                    )
+                }
+            };
+            let v = match &body {
+                Some(b) => call(&sock, "POST", path, Some(b)).await?,
+                None => call(&sock, "GET", "/v1/staff", None).await?,
+            };
+            if !j {
+                if body.is_some() {
+                    println!("{} ({}): {done}", esc(&v["email"], ""), esc(&v["role"], ""));
+                } else {
+                    for s in v.as_array().into_iter().flatten() {
+                        println!(
+                            "{:<40} {:<9} added {}  password set {}",
+                            esc(&s["email"], ""),
+                            esc(&s["role"], ""),
+                            esc(&s["created_at"], ""),
+                            esc(&s["password_changed_at"], "")
+                        );
+                    }
+                    println!(
+                        "{} staff account(s)",
+                        v.as_array().map(Vec::len).unwrap_or(0)
                     );
                 }
             }
@@ -1110,6 +1196,50 @@ fn export_csv(v: &Value) -> anyhow::Result<String> {
         w.write_record(&row)?;
     }
     Ok(String::from_utf8(w.into_inner()?)?)
+}
+
+/// A new password: the first line of stdin (`--password-stdin`), or typed twice at the terminal
+/// without echo. Never an argument (it would be in the shell's history and `ps`).
+fn read_new_password(from_stdin: bool) -> anyhow::Result<String> {
+    use std::io::BufRead;
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        let first = read_hidden("Password: ")?;
+        let second = read_hidden("Again: ")?;
+        if first != second {
+            anyhow::bail!("the two passwords differ; nothing changed");
+        }
+        first
+    };
+    crate::staff::check_password(&password).map_err(|m| anyhow::anyhow!("password: {m}"))?;
+    Ok(password)
+}
+
+/// One line from the controlling terminal with echo off (restored afterwards, also on error).
+fn read_hidden(prompt: &str) -> anyhow::Result<String> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    use std::io::{BufRead, Write};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|e| {
+            anyhow::anyhow!("no terminal to read the password from ({e}): use --password-stdin")
+        })?;
+    let before = tcgetattr(&tty)?;
+    let mut quiet = before.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    (&tty).write_all(prompt.as_bytes())?;
+    tcsetattr(&tty, OptionalActions::Flush, &quiet)?;
+    let mut line = String::new();
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    tcsetattr(&tty, OptionalActions::Flush, &before)?;
+    read?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ struct Raw {
     store: RawStore,
     http: RawHttp,
     admin: RawAdmin,
+    console: Option<RawConsole>,
     keys: RawKeys,
     mail: RawMail,
     #[serde(default)]
@@ -57,6 +58,14 @@ struct RawAdmin {
     socket: String,
     listen: Option<String>,
     token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    listen: Option<String>,
+    public_url: Option<String>,
+    session_idle: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +344,8 @@ pub struct Config {
     pub admin_socket: PathBuf,
     pub admin_listen: Option<SocketAddr>,
     pub admin_token_file: Option<PathBuf>,
+    /// `[console]`: the staff web console on its own listener; `None` = no console.
+    pub console: Option<ConsoleConfig>,
     pub key_active: String,
     pub key_files: BTreeMap<String, PathBuf>,
     pub from_name: String,
@@ -364,6 +375,25 @@ pub struct Config {
     pub webmail_domains: Vec<String>,
     pub timer_interval: Duration,
     pub providers: Vec<Provider>,
+}
+
+/// `[console]` (DESIGN "Console").
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsoleConfig {
+    pub listen: SocketAddr,
+    /// where staff reach it (behind a reverse proxy); https here gives the cookies `Secure`
+    pub public_url: Option<String>,
+    /// a session ends after this long without a request
+    pub session_idle: Duration,
+}
+
+impl ConsoleConfig {
+    /// Whether the session cookie gets `Secure`.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+    }
 }
 
 /// A config error names the key (and the file) it is about.
@@ -499,7 +529,8 @@ impl Config {
 
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let dbg = |v: &dyn std::fmt::Debug| format!("{v:?}");
-        let checks: [(&'static str, bool); 15] = [
+        let checks: [(&'static str, bool); 16] = [
+            ("console", self.console != new.console),
             ("store.backend", self.store_backend != new.store_backend),
             ("store.path", self.store_path != new.store_path),
             (
@@ -786,6 +817,49 @@ impl Config {
                 "must not be the public http.listen address: metrics are not public".into(),
             ));
         }
+        let console = match &raw.console {
+            None => None,
+            Some(c) => {
+                let l = c.listen.as_deref().unwrap_or("127.0.0.1:8090");
+                let listen: SocketAddr = l
+                    .parse()
+                    .map_err(|e| bad("console.listen", format!("{l:?}: {e}")))?;
+                if listen == http_listen && listen.port() != 0 {
+                    return Err(bad(
+                        "console.listen",
+                        "must not be the public http.listen address: the console has its own listener".into(),
+                    ));
+                }
+                if metrics_listen.is_some_and(|m| m == listen && m.port() != 0) {
+                    return Err(bad(
+                        "console.listen",
+                        "must not be http.metrics_listen".into(),
+                    ));
+                }
+                if let Some(u) = &c.public_url {
+                    if !(u.starts_with("https://") || u.starts_with("http://")) {
+                        return Err(bad(
+                            "console.public_url",
+                            format!("{u:?}: must start with https:// or http://"),
+                        ));
+                    }
+                }
+                let session_idle = dur("console.session_idle", &c.session_idle, "30m")?;
+                if session_idle < Duration::from_secs(60)
+                    || session_idle > Duration::from_secs(7 * 86_400)
+                {
+                    return Err(bad(
+                        "console.session_idle",
+                        "must be between 1m and 7d".into(),
+                    ));
+                }
+                Some(ConsoleConfig {
+                    listen,
+                    public_url: c.public_url.clone(),
+                    session_idle,
+                })
+            }
+        };
         let admin_listen = match &raw.admin.listen {
             Some(l) => Some(
                 l.parse()
@@ -1195,6 +1269,7 @@ impl Config {
             metrics_listen,
             admin_socket: resolve(&raw.admin.socket),
             admin_listen,
+            console,
             admin_token_file: raw
                 .admin
                 .token_file
@@ -1337,6 +1412,42 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.max_connections, 512);
         assert_eq!(c.metrics_listen, None);
+    }
+
+    #[test]
+    fn console_section() {
+        assert_eq!(
+            parse(SHIPPED).unwrap_or_else(|e| panic!("{e}")).console,
+            None
+        );
+        let with = |body: &str| format!("{SHIPPED}\n[console]\n{body}\n");
+        let c = parse(&with("")).unwrap_or_else(|e| panic!("{e}"));
+        let c = c.console.expect("console");
+        assert_eq!(c.listen, "127.0.0.1:8090".parse().expect("addr"));
+        assert_eq!(c.session_idle, Duration::from_secs(30 * 60));
+        assert!(!c.secure_cookies());
+        let c = parse(&with(
+            "listen = \"127.0.0.1:9999\"\npublic_url = \"https://partners-admin.contoso.test\"\nsession_idle = \"10m\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .console
+        .expect("console");
+        assert!(c.secure_cookies());
+        assert_eq!(c.session_idle, Duration::from_secs(600));
+        for (body, key) in [
+            ("listen = \"nowhere\"", "console.listen"),
+            ("listen = \"127.0.0.1:8080\"", "console.listen"),
+            ("public_url = \"ftp://x\"", "console.public_url"),
+            ("session_idle = \"5s\"", "console.session_idle"),
+            ("session_idle = \"30d\"", "console.session_idle"),
+            ("sesion_idle = \"30m\"", "sesion_idle"),
+        ] {
+            let err = parse(&with(body))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{body}: error {err:?} should name {key}");
+        }
     }
 
     #[test]

@@ -164,6 +164,7 @@ pub async fn serve<L>(
     shutdown: CancellationToken,
 ) where
     L: axum::serve::Listener,
+    L::Addr: PeerAddr,
 {
     stats.set_limit(limits.max_connections);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -182,10 +183,12 @@ pub async fn serve<L>(
         let io = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            (io, _) = listener.accept() => io,
+            (io, addr) = listener.accept() => (io, Peer(addr.peer())),
         };
+        let (io, peer) = io;
         connections.spawn(connection(
             io,
+            peer,
             router.clone(),
             limits,
             stats.clone(),
@@ -201,6 +204,7 @@ pub async fn serve<L>(
 /// One connection, start to end; the slot is released when it returns.
 async fn connection<I>(
     io: I,
+    peer: Peer,
     router: Router,
     limits: Limits,
     stats: Arc<ListenerStats>,
@@ -215,6 +219,7 @@ async fn connection<I>(
     let service = RequestService {
         router,
         state: state.clone(),
+        peer,
     };
     let conn = hyper::server::conn::http1::Builder::new()
         .max_buf_size(MAX_HEAD_BYTES)
@@ -518,6 +523,29 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
 struct RequestService {
     router: Router,
     state: Arc<ConnState>,
+    peer: Peer,
+}
+
+/// The client a request came from, as a request extension: the IP address on TCP, "local" on
+/// the Unix socket. (The console's sign-in throttle counts failures per address.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer(pub String);
+
+/// How a listener's peer address becomes a [`Peer`].
+pub trait PeerAddr {
+    fn peer(&self) -> String;
+}
+
+impl PeerAddr for std::net::SocketAddr {
+    fn peer(&self) -> String {
+        self.ip().to_string()
+    }
+}
+
+impl PeerAddr for tokio::net::unix::SocketAddr {
+    fn peer(&self) -> String {
+        "local".to_string()
+    }
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for RequestService {
@@ -529,6 +557,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for RequestService {
         self.state.request_started();
         let deadline = Instant::now() + self.state.limits.body_timeout;
         let state = self.state.clone();
+        let mut req = req;
+        req.extensions_mut().insert(self.peer.clone());
         let req: Request = req.map(|body| {
             Body::new(TimedBody {
                 body,
@@ -671,6 +701,7 @@ mod tests {
         let slot = slots.try_acquire_owned().unwrap_or_else(|e| panic!("{e}"));
         let task = tokio::spawn(connection(
             server,
+            Peer("test".into()),
             router(),
             limits,
             stats.clone(),

@@ -192,6 +192,8 @@ pub enum Channel {
     Reply,
     Bounce,
     Timer,
+    /// a staff member in the web console (the entry names them: `Transition::staff`)
+    Console,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,6 +207,9 @@ pub struct Transition {
     /// reply reference are pruned (`[store] retention`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub message_ids: Vec<String>,
+    /// The staff member who made this change in the console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staff: Option<Email>,
 }
 
 macro_rules! state_enum {
@@ -563,6 +568,7 @@ impl Record {
             channel,
             detail: detail.to_string(),
             message_ids: Vec::new(),
+            staff: None,
         });
         self.updated_at = now;
     }

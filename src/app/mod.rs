@@ -8,6 +8,7 @@ mod onboarding;
 mod queries;
 mod retention;
 mod sending;
+mod staff;
 mod suppression;
 mod timers;
 
@@ -104,6 +105,43 @@ impl From<FieldError> for AppError {
 }
 
 pub type Result<T, E = AppError> = std::result::Result<T, E>;
+
+/// Who makes a change: the channel, and the staff member when it is the console. History
+/// entries a change adds carry both (`Transition::staff`).
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub channel: Channel,
+    pub staff: Option<Email>,
+}
+
+impl From<Channel> for Actor {
+    fn from(channel: Channel) -> Actor {
+        Actor {
+            channel,
+            staff: None,
+        }
+    }
+}
+
+impl Actor {
+    /// A staff member in the console.
+    pub fn console(staff: &Email) -> Actor {
+        Actor {
+            channel: Channel::Console,
+            staff: Some(staff.clone()),
+        }
+    }
+
+    /// Names the staff member on the history entries from `since` on (the ones this change
+    /// added).
+    pub(crate) fn stamp(&self, rec: &mut Record, since: usize) {
+        if let Some(s) = &self.staff {
+            for t in rec.history.iter_mut().skip(since) {
+                t.staff = Some(s.clone());
+            }
+        }
+    }
+}
 
 /// The action a link form or a reply asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ impl App {
         txn: &mut Txn,
         provider: &Provider,
         row: &InviteRow,
-        channel: Channel,
+        by: &Actor,
         now: Timestamp,
     ) -> Result<InviteResult> {
         let v = rules::validate_invite(&sh.cfg, &provider.markets, row)?;
@@ -43,10 +43,11 @@ impl App {
                 enrollment,
             }),
             &v.locale,
-            channel,
+            by.channel,
             "invited",
             now,
         );
+        by.stamp(&mut rec, 0);
         rec.expires_at = Some(now + to_chrono(sh.cfg.invitation_ttl));
         self.save_new(txn, &rec)?;
         Self::schedule_timers(sh, txn, &rec, now);
@@ -95,14 +96,15 @@ impl App {
         &self,
         provider: &str,
         row: InviteRow,
-        channel: Channel,
+        by: impl Into<Actor>,
         now: Timestamp,
     ) -> Result<InviteResult> {
+        let by = by.into();
         let sh = self.shared();
         let p = Self::provider(&sh, provider)?;
         let r = self
             .store
-            .write(|txn| self.invite_in(&sh, txn, p, &row, channel, now))?;
+            .write(|txn| self.invite_in(&sh, txn, p, &row, &by, now))?;
         self.commit().await?;
         Ok(r)
     }
@@ -119,18 +121,20 @@ impl App {
         self: &Arc<Self>,
         provider: &str,
         rows: Vec<(u64, InviteRow)>,
-        channel: Channel,
+        by: impl Into<Actor>,
         now: Timestamp,
     ) -> Result<BulkResult> {
+        let by = by.into();
         let sh = self.shared();
         Self::provider(&sh, provider)?;
         let mut out = BulkResult::default();
         let mut rows = rows.into_iter().peekable();
         while rows.peek().is_some() {
             let batch: Vec<(u64, InviteRow)> = rows.by_ref().take(BULK_BATCH_ROWS).collect();
-            let (app, sh, provider) = (self.clone(), sh.clone(), provider.to_string());
+            let (app, sh, provider, by) =
+                (self.clone(), sh.clone(), provider.to_string(), by.clone());
             let part = tokio::task::spawn_blocking(move || {
-                app.invite_batch(&sh, &provider, &batch, channel, now)
+                app.invite_batch(&sh, &provider, &batch, &by, now)
             })
             .await
             .map_err(|e| AppError::Store(StoreError::Other(format!("bulk invite task: {e}"))))??;
@@ -146,7 +150,7 @@ impl App {
         sh: &Shared,
         provider: &str,
         rows: &[(u64, InviteRow)],
-        channel: Channel,
+        by: &Actor,
         now: Timestamp,
     ) -> Result<BulkResult> {
         let p = Self::provider(sh, provider)?;
@@ -154,7 +158,7 @@ impl App {
             let mut out = BulkResult::default();
             for (line, row) in rows {
                 let email = row.email.trim().to_string();
-                let (outcome, id, reason) = match self.invite_in(sh, txn, p, row, channel, now) {
+                let (outcome, id, reason) = match self.invite_in(sh, txn, p, row, by, now) {
                     Ok(r) if r.existing => {
                         out.existing += 1;
                         ("existing", Some(r.id), None)
@@ -346,9 +350,11 @@ impl App {
         id: &str,
         approve: bool,
         reason: &str,
-        channel: Channel,
+        by: impl Into<Actor>,
         now: Timestamp,
     ) -> Result<Record> {
+        let by = by.into();
+        let channel = by.channel;
         let sh = self.shared();
         let id = parse_id(id)?;
         crate::model::check_text(reason).map_err(|m| AppError::Invalid {
@@ -369,11 +375,13 @@ impl App {
                     rec.kind().as_str()
                 )));
             }
+            let since = rec.history.len();
             let effects = if approve {
                 rec.approve(channel, now + to_chrono(sh.cfg.invitation_ttl), now)?
             } else {
                 rec.reject(reason.trim(), channel, now)?
             };
+            by.stamp(&mut rec, since);
             self.carry_out(&sh, txn, &rec, effects, now)?;
             Ok(rec)
         })?;

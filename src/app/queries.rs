@@ -150,7 +150,9 @@ impl App {
         Ok(out)
     }
 
-    pub async fn resend(&self, id: &str, channel: Channel, now: Timestamp) -> Result<Record> {
+    pub async fn resend(&self, id: &str, by: impl Into<Actor>, now: Timestamp) -> Result<Record> {
+        let by = by.into();
+        let channel = by.channel;
         let sh = self.shared();
         let id = parse_id(id)?;
         let rec = self.store.write(|txn| -> Result<Record> {
@@ -167,7 +169,9 @@ impl App {
             } else {
                 sh.cfg.invitation_ttl
             };
+            let since = rec.history.len();
             let effects = rec.resend(now + to_chrono(ttl), channel, now);
+            by.stamp(&mut rec, since);
             self.carry_out(&sh, txn, &rec, effects, now)?;
             Ok(rec)
         })?;
@@ -175,7 +179,9 @@ impl App {
         Ok(rec)
     }
 
-    pub async fn revoke(&self, id: &str, channel: Channel, now: Timestamp) -> Result<Record> {
+    pub async fn revoke(&self, id: &str, by: impl Into<Actor>, now: Timestamp) -> Result<Record> {
+        let by = by.into();
+        let channel = by.channel;
         let id = parse_id(id)?;
         let sh = self.shared();
         let rec = self.store.write(|txn| -> Result<Record> {
@@ -183,7 +189,9 @@ impl App {
             if rec.kind() == Kind::Enrollment {
                 return Err(AppError::Refused(format!("{id} is an enrollment; enrollments are rejected with `review reject`, not revoked")));
             }
+            let since = rec.history.len();
             let effects = rec.revoke(channel, now)?;
+            by.stamp(&mut rec, since);
             self.carry_out(&sh, txn, &rec, effects, now)?;
             if rec.kind() == Kind::ProviderAuthorization {
                 self.revoke_pending_customers(txn, &rec, channel, now)?;
@@ -197,14 +205,17 @@ impl App {
     pub async fn remove_admin_access(
         &self,
         id: &str,
-        channel: Channel,
+        by: impl Into<Actor>,
         now: Timestamp,
     ) -> Result<Record> {
+        let by = by.into();
         let id = parse_id(id)?;
         let sh = self.shared();
         let rec = self.store.write(|txn| -> Result<Record> {
             let mut rec = txn.record(&id)?.ok_or_else(|| not_found(&id))?;
-            let effects = rec.remove_admin_access(channel, now)?;
+            let since = rec.history.len();
+            let effects = rec.remove_admin_access(by.channel, now)?;
+            by.stamp(&mut rec, since);
             self.carry_out(&sh, txn, &rec, effects, now)?;
             Ok(rec)
         })?;

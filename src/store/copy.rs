@@ -17,6 +17,8 @@ pub struct Copied {
     pub refs: usize,
     pub inbound: usize,
     pub suppressions: usize,
+    /// staff accounts (console sessions are not copied: staff sign in again)
+    pub staff: usize,
     pub meta: usize,
 }
 
@@ -142,6 +144,15 @@ pub fn copy(from: &Store, to: &Store, mut progress: impl FnMut(&str, usize)) -> 
         })?;
         n.suppressions += chunk.len();
     }
+
+    let staff = from.read().all_staff()?;
+    to.write(|t| -> Result<()> {
+        for s in &staff {
+            t.put_staff(s);
+        }
+        Ok(())
+    })?;
+    n.staff = staff.len();
 
     let mut meta = Vec::new();
     from.each_meta(|k, v| {

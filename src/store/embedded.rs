@@ -16,6 +16,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::model::{Body, Email, Record, RecordId, Timestamp};
 use crate::outbox::OutboxItem;
+use crate::staff::{Session, Staff};
 
 use super::{
     off_runtime, DueTimer, InboundRecord, MessageRef, Result, StoreError, Suppression, TimerKind,
@@ -836,6 +837,52 @@ impl Txn<'_> {
             }
         }
         Ok(seqs.len())
+    }
+
+    // ---- staff accounts and console sessions ---------------------------------------------
+    // `a/<email>` an account, `w/<sha256 of the cookie>` a session (its staff member inside)
+
+    pub fn staff(&self, email: &Email) -> Result<Option<Staff>> {
+        self.get_json(format!("a/{email}").as_bytes())
+    }
+
+    pub fn put_staff(&mut self, s: &Staff) {
+        self.insert(format!("a/{}", s.email), encode(s));
+    }
+
+    pub fn remove_staff(&mut self, email: &Email) {
+        self.remove(format!("a/{email}"));
+    }
+
+    /// Every account, by address.
+    pub fn all_staff(&self) -> Result<Vec<Staff>> {
+        self.scan(b"a/")?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v))
+            .collect()
+    }
+
+    pub fn session(&self, key: &str) -> Result<Option<Session>> {
+        self.get_json(format!("w/{key}").as_bytes())
+    }
+
+    pub fn put_session(&mut self, key: &str, s: &Session) {
+        self.insert(format!("w/{key}"), encode(s));
+    }
+
+    pub fn remove_session(&mut self, key: &str) {
+        self.remove(format!("w/{key}"));
+    }
+
+    /// Every session as (key, session): ending one member's sessions, pruning idle ones.
+    pub fn all_sessions(&self) -> Result<Vec<(String, Session)>> {
+        self.scan(b"w/")?
+            .into_iter()
+            .map(|(k, v)| {
+                let s = decode(&k, &v)?;
+                Ok((String::from_utf8_lossy(&k[2..]).into_owned(), s))
+            })
+            .collect()
     }
 
     // ---- suppression list ----------------------------------------------------------------

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Channel, Email, Purpose, Record, RecordId, Timestamp};
 use crate::outbox::OutboxItem;
+use crate::staff::{Session, Staff};
 
 pub use embedded::FORMAT;
 pub use postgres::SCHEMA_VERSION;
@@ -503,6 +504,33 @@ impl Txn<'_> {
     /// Every suppression, or one provider's, by provider then address.
     pub fn suppressions(&self, provider: Option<&str>) -> Result<Vec<Suppression>> {
         each!(self, t => t.suppressions(provider))
+    }
+    pub fn staff(&self, email: &Email) -> Result<Option<Staff>> {
+        each!(self, t => t.staff(email))
+    }
+    pub fn put_staff(&mut self, s: &Staff) {
+        each!(self, t => t.put_staff(s))
+    }
+    pub fn remove_staff(&mut self, email: &Email) {
+        each!(self, t => t.remove_staff(email))
+    }
+    /// Every staff account, by address.
+    pub fn all_staff(&self) -> Result<Vec<Staff>> {
+        each!(self, t => t.all_staff())
+    }
+    /// A console session by its key (the SHA-256 of the cookie value, `staff::session_key`).
+    pub fn session(&self, key: &str) -> Result<Option<Session>> {
+        each!(self, t => t.session(key))
+    }
+    pub fn put_session(&mut self, key: &str, s: &Session) {
+        each!(self, t => t.put_session(key, s))
+    }
+    pub fn remove_session(&mut self, key: &str) {
+        each!(self, t => t.remove_session(key))
+    }
+    /// Every session with its key.
+    pub fn all_sessions(&self) -> Result<Vec<(String, Session)>> {
+        each!(self, t => t.all_sessions())
     }
     pub fn schedule(&mut self, at: &Timestamp, record: &RecordId, kind: TimerKind) {
         each!(self, t => t.schedule(at, record, kind))

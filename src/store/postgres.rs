@@ -33,15 +33,17 @@ use super::{
 };
 use crate::model::{Body, Email, Record, RecordId, Timestamp};
 use crate::outbox::{OutboxItem, OutboxState};
+use crate::staff::{Session, Staff};
 
 /// The schema this binary writes, recorded in `invited_schema`. Migrations are applied on start
 /// in order, each in its own transaction with the version row; a database with a newer version is
 /// refused.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE records (
     id text PRIMARY KEY,
     kind text NOT NULL,
@@ -98,7 +100,23 @@ CREATE TABLE meta (
     value text NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE staff (
+    email text PRIMARY KEY,
+    body text NOT NULL
+);
+CREATE TABLE sessions (
+    key text PRIMARY KEY,
+    staff text NOT NULL,
+    body text NOT NULL
+);
+CREATE INDEX sessions_staff ON sessions (staff);
+"#,
+    ),
+];
 
 /// Held by every daemon that migrates: one migrates, the others wait and find it done.
 const MIGRATION_LOCK: i64 = 0x696e_7669_7465_6400; // "invited\0"
@@ -1097,6 +1115,77 @@ impl Txn<'_> {
             params![ms(before), limit as i64],
         )?;
         Ok(n as usize)
+    }
+
+    // ---- staff accounts and console sessions ---------------------------------------------
+
+    pub fn staff(&self, email: &Email) -> Result<Option<Staff>> {
+        let rows = self.query(
+            "SELECT body FROM staff WHERE email = $1",
+            params![email.to_string()],
+        )?;
+        rows.first()
+            .map(|r| decode("staff", r.get::<_, &str>(0)))
+            .transpose()
+    }
+
+    pub fn put_staff(&mut self, s: &Staff) {
+        self.deferred(
+            "INSERT INTO staff (email, body) VALUES ($1, $2)
+             ON CONFLICT (email) DO UPDATE SET body = EXCLUDED.body",
+            params![s.email.to_string(), encode(s)],
+        );
+    }
+
+    pub fn remove_staff(&mut self, email: &Email) {
+        self.deferred(
+            "DELETE FROM staff WHERE email = $1",
+            params![email.to_string()],
+        );
+    }
+
+    pub fn all_staff(&self) -> Result<Vec<Staff>> {
+        let rows = self.query("SELECT body FROM staff ORDER BY email", params![])?;
+        rows.iter()
+            .map(|r| decode("staff", r.get::<_, &str>(0)))
+            .collect()
+    }
+
+    pub fn session(&self, key: &str) -> Result<Option<Session>> {
+        let rows = self.query(
+            "SELECT body FROM sessions WHERE key = $1",
+            params![key.to_string()],
+        )?;
+        rows.first()
+            .map(|r| decode("session", r.get::<_, &str>(0)))
+            .transpose()
+    }
+
+    pub fn put_session(&mut self, key: &str, s: &Session) {
+        self.deferred(
+            "INSERT INTO sessions (key, staff, body) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET staff = EXCLUDED.staff, body = EXCLUDED.body",
+            params![key.to_string(), s.staff.to_string(), encode(s)],
+        );
+    }
+
+    pub fn remove_session(&mut self, key: &str) {
+        self.deferred(
+            "DELETE FROM sessions WHERE key = $1",
+            params![key.to_string()],
+        );
+    }
+
+    pub fn all_sessions(&self) -> Result<Vec<(String, Session)>> {
+        let rows = self.query("SELECT key, body FROM sessions ORDER BY key", params![])?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.get::<_, String>(0),
+                    decode("session", r.get::<_, &str>(1))?,
+                ))
+            })
+            .collect()
     }
 
     // ---- suppression list ----------------------------------------------------------------

@@ -500,6 +500,29 @@ impl Daemon {
         )
     }
 
+    /// Runs the CLI with `input` on its stdin; returns (exit code, stdout, stderr).
+    pub fn cli_stdin(&self, args: &[&str], input: &str) -> (Option<i32>, String, String) {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(input.as_bytes());
+        }
+        let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// The JSON answer of a command that succeeded, or of a bulk invitation that rejected some
     /// rows (exit 3: the answer is still the whole report).
     pub fn cli_ok(&self, args: &[&str]) -> Result<Value, String> {

@@ -20,6 +20,7 @@ mod service;
 mod slowclient;
 mod smtp;
 mod smtp_script;
+mod staff;
 mod tokens;
 mod unsubscribe;
 mod upgrade;
