@@ -36,6 +36,16 @@ async fn verify(password: String, phc: String) -> bool {
         .unwrap_or(false)
 }
 
+/// Ends every session of `email` (in the caller's transaction).
+fn end_sessions(t: &mut crate::store::Txn, email: &Email) -> Result<()> {
+    for (k, sess) in t.all_sessions()? {
+        if &sess.staff == email {
+            t.remove_session(&k);
+        }
+    }
+    Ok(())
+}
+
 /// A signed-in staff member, as a console request sees them.
 #[derive(Debug, Clone)]
 pub struct SignedIn {
@@ -91,11 +101,7 @@ impl App {
                 .staff(&email)?
                 .ok_or_else(|| AppError::NotFound(format!("no staff account {email}")))?;
             t.remove_staff(&email);
-            for (k, sess) in t.all_sessions()? {
-                if sess.staff == email {
-                    t.remove_session(&k);
-                }
-            }
+            end_sessions(t, &email)?;
             Ok(s)
         })?;
         self.commit().await?;
@@ -115,11 +121,7 @@ impl App {
             s.password_hash = hash;
             s.password_changed_at = Utc::now();
             t.put_staff(&s);
-            for (k, sess) in t.all_sessions()? {
-                if sess.staff == email {
-                    t.remove_session(&k);
-                }
-            }
+            end_sessions(t, &email)?;
             Ok(s)
         })?;
         self.commit().await?;
