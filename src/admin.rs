@@ -25,6 +25,8 @@ pub struct AdminState {
     /// The bound addresses of the optional admin TCP and metrics listeners.
     pub admin_addr: Option<String>,
     pub metrics_addr: Option<String>,
+    /// The console's bound address (`[console] listen`), when configured.
+    pub console_addr: Option<String>,
     /// Present on the TCP listener: requests must carry `Authorization: Bearer <token>`.
     pub token: Option<String>,
 }
@@ -153,6 +155,7 @@ async fn status(State(st): S) -> R {
         "version": env!("CARGO_PKG_VERSION"),
         "http": st.http_addr,
         "admin_http": st.admin_addr,
+        "console": st.console_addr,
         "metrics": st.metrics_addr,
         "outbox_depth": st.app.outbox_gauges().0,
     }))

@@ -750,7 +750,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let v = call(&sock, "GET", "/v1/export", None).await?;
             match format.as_str() {
                 "json" => println!("{}", serde_json::to_string_pretty(&v)?),
-                "csv" => print!("{}", export_csv(&v)?),
+                "csv" => print!("{}", crate::export::csv(&v)?),
                 other => anyhow::bail!("--format {other:?} is not csv or json"),
             }
             return Ok(0);
@@ -1155,49 +1155,6 @@ fn print_table(v: &Value) {
     println!("{} record(s)", rows.len());
 }
 
-/// A cell that a spreadsheet would run as a formula gets a leading apostrophe: one starting with
-/// `= + - @` (or their fullwidth forms, which some spreadsheets fold to ASCII), a tab or CR, also
-/// when zero-width characters stand in front of them.
-pub fn csv_safe(s: &str) -> String {
-    let zero_width = |c: char| matches!(c, '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}');
-    let visible = s.trim_start_matches(zero_width);
-    let formula = ['=', '+', '-', '@', '\t', '\r', '＝', '＋', '－', '＠'];
-    if visible.starts_with(formula) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    }
-}
-
-fn export_csv(v: &Value) -> anyhow::Result<String> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let cols = [
-        "id",
-        "kind",
-        "state",
-        "email",
-        "provider",
-        "company",
-        "country",
-        "admin_access",
-        "created_at",
-        "updated_at",
-    ];
-    w.write_record(cols)?;
-    for r in v.as_array().into_iter().flatten() {
-        let row: Vec<String> = cols
-            .iter()
-            .map(|c| match &r[*c] {
-                Value::Null => String::new(),
-                Value::String(s) => csv_safe(s),
-                other => other.to_string(),
-            })
-            .collect();
-        w.write_record(&row)?;
-    }
-    Ok(String::from_utf8(w.into_inner()?)?)
-}
-
 /// A new password: the first line of stdin (`--password-stdin`), or typed twice at the terminal
 /// without echo. Never an argument (it would be in the shell's history and `ps`).
 fn read_new_password(from_stdin: bool) -> anyhow::Result<String> {
@@ -1246,12 +1203,15 @@ fn read_hidden(prompt: &str) -> anyhow::Result<String> {
 mod tests {
     #[test]
     fn formula_cells_are_defused() {
-        assert_eq!(super::csv_safe("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
-        assert_eq!(super::csv_safe("@SUM(A1)"), "'@SUM(A1)");
-        assert_eq!(super::csv_safe("Fabrikam"), "Fabrikam");
-        assert_eq!(super::csv_safe("-1"), "'-1");
+        assert_eq!(
+            crate::export::csv_safe("=HYPERLINK(\"x\")"),
+            "'=HYPERLINK(\"x\")"
+        );
+        assert_eq!(crate::export::csv_safe("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(crate::export::csv_safe("Fabrikam"), "Fabrikam");
+        assert_eq!(crate::export::csv_safe("-1"), "'-1");
         for fullwidth in ["＝1+1", "＋1", "－1", "＠SUM(A1)"] {
-            assert_eq!(super::csv_safe(fullwidth), format!("'{fullwidth}"));
+            assert_eq!(crate::export::csv_safe(fullwidth), format!("'{fullwidth}"));
         }
         for hidden in [
             "\u{200b}=1+1",
@@ -1259,9 +1219,12 @@ mod tests {
             "\u{200d}\u{2060}+1",
             "\u{200c}-1",
         ] {
-            assert_eq!(super::csv_safe(hidden), format!("'{hidden}"));
+            assert_eq!(crate::export::csv_safe(hidden), format!("'{hidden}"));
         }
-        assert_eq!(super::csv_safe("\u{200b}Fabrikam"), "\u{200b}Fabrikam");
-        assert_eq!(super::csv_safe("A=1"), "A=1");
+        assert_eq!(
+            crate::export::csv_safe("\u{200b}Fabrikam"),
+            "\u{200b}Fabrikam"
+        );
+        assert_eq!(crate::export::csv_safe("A=1"), "A=1");
     }
 }

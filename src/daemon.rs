@@ -192,7 +192,15 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let console_tcp = match &cfg.console {
+        Some(c) => Some(
+            listener::bind_tcp(c.listen)
+                .with_context(|| format!("binding console.listen {}", c.listen))?,
+        ),
+        None => None,
+    };
     let addr_of = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).ok();
+    let console_addr = console_tcp.as_ref().and_then(addr_of);
     let admin_addr = admin_tcp.as_ref().and_then(|(l, _)| addr_of(l));
     let metrics_addr = metrics_tcp.as_ref().and_then(addr_of);
 
@@ -207,7 +215,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             .map_or(0, |_| listener::ADMIN_TCP_CONNECTIONS as u64)
         + metrics_tcp
             .as_ref()
-            .map_or(0, |_| listener::METRICS_CONNECTIONS as u64);
+            .map_or(0, |_| listener::METRICS_CONNECTIONS as u64)
+        + console_tcp
+            .as_ref()
+            .map_or(0, |_| listener::CONSOLE_CONNECTIONS as u64);
     let public_cap =
         listener::public_cap(cfg.max_connections, nofile, reserved).map_err(|m| anyhow!(m))?;
     if public_cap < cfg.max_connections {
@@ -236,6 +247,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             http_addr: http_addr.to_string(),
             admin_addr: admin_addr.clone(),
             metrics_addr: metrics_addr.clone(),
+            console_addr: console_addr.clone(),
             token,
         })
     };
@@ -263,6 +275,16 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             crate::admin::metrics_router(app.clone()),
             Limits::from_config(&cfg, listener::METRICS_CONNECTIONS),
             app.metrics.listener("metrics"),
+            shutdown.clone(),
+        ));
+    }
+    if let (Some(l), Some(c)) = (console_tcp, &cfg.console) {
+        let state = Arc::new(crate::console::ConsoleState::new(app.clone(), c.clone()));
+        tracker.spawn(listener::serve(
+            l,
+            crate::console::router(state),
+            Limits::from_config(&cfg, listener::CONSOLE_CONNECTIONS),
+            app.metrics.listener("console"),
             shutdown.clone(),
         ));
     }

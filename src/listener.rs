@@ -70,6 +70,8 @@ pub const RESERVED_FDS: u64 = 64;
 pub const ADMIN_SOCKET_CONNECTIONS: usize = 32;
 pub const ADMIN_TCP_CONNECTIONS: usize = 32;
 pub const METRICS_CONNECTIONS: usize = 8;
+/// The staff console's listener: a few partner managers at once.
+pub const CONSOLE_CONNECTIONS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -54,6 +54,20 @@ macro_rules! all_files {
     };
 }
 
+/// The console's pages: one template each for both locales (the words come from
+/// `console::strings`); a directory overrides them as `console/NAME.html.hbs`.
+macro_rules! console_files {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../templates/console/", $name, ".html.hbs")))),*]
+    };
+}
+
+pub const CONSOLE_PAGES: &[(&str, &str)] = console_files!(
+    "layout", "login", "message", "overview", "invite", "records", "record", "confirm", "review",
+    "outbox", "inbound",
+);
+const CONSOLE_CSS: &str = include_str!("../templates/console/console.css");
+
 const EN_US: &[(&str, &str)] = all_files!("en-US");
 const KO_KR: &[(&str, &str)] = all_files!("ko-KR");
 pub const STYLE_CSS: &str = include_str!("../templates/style.css");
@@ -80,6 +94,7 @@ pub struct Templates {
     text: Handlebars<'static>,
     html: Handlebars<'static>,
     pub style_css: String,
+    pub console_css: String,
 }
 
 impl Templates {
@@ -117,10 +132,35 @@ impl Templates {
                     message: e.to_string(),
                 })?;
         }
+        let mut console_css = CONSOLE_CSS.to_string();
+        if let Some(d) = dir {
+            if let Ok(s) = std::fs::read_to_string(d.join("console/console.css")) {
+                console_css = s;
+            }
+        }
+        for (name, builtin) in CONSOLE_PAGES {
+            let source = match dir.map(|d| d.join(format!("console/{name}.html.hbs"))) {
+                Some(p) if p.exists() => {
+                    std::fs::read_to_string(&p).map_err(|e| TemplateError::Load {
+                        name: p.display().to_string(),
+                        message: e.to_string(),
+                    })?
+                }
+                _ => builtin.to_string(),
+            };
+            for loc in LOCALES {
+                html.register_template_string(&format!("{loc}/console_{name}.html"), &source)
+                    .map_err(|e| TemplateError::Load {
+                        name: format!("console/{name}.html.hbs"),
+                        message: e.to_string(),
+                    })?;
+            }
+        }
         Ok(Templates {
             text,
             html,
             style_css,
+            console_css,
         })
     }
 

@@ -2,6 +2,7 @@
 //! remind. Each operation is one store batch (state change + the mail it causes) and is flushed
 //! before its caller answers. No I/O other than the store; the clock comes in as `now`.
 
+mod console_interim;
 mod inbound;
 mod links;
 mod onboarding;
@@ -9,6 +10,11 @@ mod queries;
 mod retention;
 mod sending;
 mod staff;
+
+pub use console_interim::{
+    DayCount, ProviderFunnel, RecordPage, RecordQuery, FUNNEL_CURRENT, FUNNEL_STAGES,
+};
+pub use staff::SignedIn;
 mod suppression;
 mod timers;
 
