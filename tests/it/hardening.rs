@@ -5,35 +5,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::harness::{Daemon, Options};
+use crate::harness::{enrollment_file, Daemon, Options};
 
 const MINJI: &str = "minji.kim@fabrikam.test";
-
-fn enrollment_file(d: &Daemon, email: &str) -> String {
-    let path = d.dir.path().join(format!("enroll-{email}.toml"));
-    let text = format!(
-        r#"company = "Fabrikam Korea Ltd."
-country = "KR"
-locale = "en-US"
-[address]
-street = "123 Teheran-ro"
-city = "Seoul"
-postal_code = "06236"
-[primary_contact]
-name = "Kim Minji"
-email = "{email}"
-phone = "+82 2 555 0100"
-[support]
-email = "support@fabrikam.test"
-phone = "+82 2 555 0199"
-[mpn]
-id = "6543210"
-country = "KR"
-"#
-    );
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
-    path.to_string_lossy().into_owned()
-}
 
 fn history_len(d: &Daemon, id: &str) -> usize {
     d.json(&["show", id])["history"]

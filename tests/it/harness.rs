@@ -33,6 +33,8 @@ pub struct Options {
     /// The `[store]` lines naming the backend (None: the suite's parameter, a new store each):
     /// several daemons on one PostgreSQL database share the same lines.
     pub store: Option<String>,
+    /// The `[console]` section's lines (None: no console).
+    pub console: Option<String>,
 }
 
 impl Default for Options {
@@ -51,6 +53,7 @@ impl Default for Options {
             store_extra: String::new(),
             mail_extra: String::new(),
             store: None,
+            console: None,
         }
     }
 }
@@ -283,7 +286,7 @@ id = "contoso-jp"
 name = "Contoso Distribution Japan"
 email = "jp-ops@contoso.test"
 markets = ["JP"]
-"#,
+{}"#,
         o.store_extra,
         o.http_extra,
         o.admin_extra,
@@ -298,7 +301,11 @@ markets = ["JP"]
         o.invitation_ttl,
         o.verification_ttl,
         o.reminder_after,
-        o.reply_authorize
+        o.reply_authorize,
+        o.console
+            .as_deref()
+            .map(|c| format!("[console]\n{c}\n"))
+            .unwrap_or_default()
     )
 }
 
@@ -312,6 +319,8 @@ pub struct Daemon {
     /// The bound addresses of `[admin] listen` and `[http] metrics_listen`, when configured.
     pub admin_http: Option<String>,
     pub metrics: Option<String>,
+    /// The console's bound address, when `[console]` is configured.
+    pub console: Option<String>,
     nofile: Option<u64>,
 }
 
@@ -355,6 +364,7 @@ impl Daemon {
             http: String::new(),
             admin_http: None,
             metrics: None,
+            console: None,
             nofile: o.nofile,
         }
     }
@@ -397,6 +407,7 @@ impl Daemon {
         self.http = st["http"].as_str().unwrap_or_default().to_string();
         self.admin_http = st["admin_http"].as_str().map(str::to_string);
         self.metrics = st["metrics"].as_str().map(str::to_string);
+        self.console = st["console"].as_str().map(str::to_string);
     }
 
     /// The daemon's process id (None once stopped).
@@ -731,6 +742,17 @@ impl Response {
 
 /// A deliberately small HTTP/1.1 client (Connection: close), so tests see exactly what went over the wire.
 pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Response {
+    http_with(addr, method, path, &[], body)
+}
+
+/// [`http`] with extra request headers (a cookie).
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: Option<&str>,
+) -> Response {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let body = body.unwrap_or("");
@@ -739,7 +761,8 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Respons
     } else {
         ""
     };
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let extra: String = extra.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{ct}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     s.write_all(req.as_bytes())
         .unwrap_or_else(|e| panic!("{e}"));
     let mut raw = Vec::new();
@@ -888,4 +911,31 @@ pub fn reply(
         subj = to_mail.subject,
         irt = to_mail.message_id,
     )
+}
+
+/// An enrollment file for `invited enroll --file` (a Korean reseller, primary contact `email`).
+pub fn enrollment_file(d: &Daemon, email: &str) -> String {
+    let path = d.dir.path().join(format!("enroll-{email}.toml"));
+    let text = format!(
+        r#"company = "Fabrikam Korea Ltd."
+country = "KR"
+locale = "en-US"
+[address]
+street = "123 Teheran-ro"
+city = "Seoul"
+postal_code = "06236"
+[primary_contact]
+name = "Kim Minji"
+email = "{email}"
+phone = "+82 2 555 0100"
+[support]
+email = "support@fabrikam.test"
+phone = "+82 2 555 0199"
+[mpn]
+id = "6543210"
+country = "KR"
+"#
+    );
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    path.to_string_lossy().into_owned()
 }

@@ -4,6 +4,7 @@ mod backup;
 mod bounded;
 mod bulk;
 mod cli;
+mod console;
 mod corpus;
 mod crash;
 mod dkim;
