@@ -31,7 +31,6 @@ use crate::model::{Email, Kind};
 use crate::staff::Role;
 use crate::throttle::{self, Throttle};
 
-const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 const SESSION_COOKIE: &str = "invited_console";
 const LOGIN_COOKIE: &str = "invited_console_login";
 const LANG_COOKIE: &str = "invited_console_lang";
@@ -86,27 +85,10 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         .route("/assets/console.css", get(style))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(UPLOAD_LIMIT))
-        .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::map_response(
+            crate::http::security_headers,
+        ))
         .with_state(state)
-}
-
-async fn security_headers(mut res: Response) -> Response {
-    let h = res.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    res
 }
 
 // ---- language, cookies, the page frame -----------------------------------------------------
@@ -368,6 +350,25 @@ impl Visit {
     }
 }
 
+/// An `App` result, or the page that says what went wrong.
+macro_rules! or_page {
+    ($v:expr, $st:expr, $nav:literal, $e:expr) => {
+        match $e {
+            Ok(x) => x,
+            Err(e) => return $v.failed(&$st, $nav, e),
+        }
+    };
+}
+
+/// Store work off the runtime's workers (lists and counts read many entries).
+async fn off<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AppError> + Send + 'static,
+) -> Result<T, AppError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(AppError::Refused(format!("console task: {e}"))))
+}
+
 macro_rules! gate {
     ($v:expr, $st:expr, $role:expr, $nav:literal) => {
         match $v.gate(&$st, $role, $nav) {
@@ -549,7 +550,7 @@ async fn overview(
     let v = visit(&st, &headers, &uri, &q);
     let _who = gate!(v, st, Role::Viewer, "overview");
     let app = st.app.clone();
-    let data = tokio::task::spawn_blocking(move || -> Result<Value, AppError> {
+    let data = off(move || -> Result<Value, AppError> {
         let funnels = app.funnel()?;
         let days = app.activity(30)?;
         let outbox = app.outbox_summary(Utc::now())?;
@@ -561,11 +562,7 @@ async fn overview(
         Ok(json!({"funnels": funnels, "days": days, "outbox": outbox, "unrecognised": unrecognised}))
     })
     .await;
-    let data = match data {
-        Ok(Ok(d)) => d,
-        Ok(Err(e)) => return v.failed(&st, "overview", e),
-        Err(e) => return v.failed(&st, "overview", AppError::Refused(e.to_string())),
-    };
+    let data = or_page!(v, st, "overview", data);
     let t = strings(&v.lang);
     let sh = st.app.shared();
     let providers: Vec<Value> = data["funnels"]
@@ -775,10 +772,7 @@ async fn invite(
         .app
         .invite_bulk(&provider, csv.rows, Actor::console(&who.email), Utc::now())
         .await;
-    let result = match result {
-        Ok(r) => r,
-        Err(e) => return v.failed(&st, "invite", e),
-    };
+    let result = or_page!(v, st, "invite", result);
     let unreadable = rows.len();
     rows.extend(result.rows.iter().map(|r| json!(r)));
     rows.sort_by_key(|r| r["line"].as_u64().unwrap_or(0));
@@ -898,12 +892,8 @@ async fn records(
         per_page: PER_PAGE,
     };
     let app = st.app.clone();
-    let found = tokio::task::spawn_blocking(move || app.records_page(&query)).await;
-    let found = match found {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return v.failed(&st, "records", e),
-        Err(e) => return v.failed(&st, "records", AppError::Refused(e.to_string())),
-    };
+    let found = off(move || app.records_page(&query)).await;
+    let found = or_page!(v, st, "records", found);
     let t = strings(&v.lang);
     let rows: Vec<Value> = found
         .records
@@ -1022,10 +1012,7 @@ async fn record_page(
 ) -> Response {
     let v = visit(&st, &headers, &uri, &q);
     let _who = gate!(v, st, Role::Viewer, "records");
-    let r = match load_record(&st, &id) {
-        Ok(r) => r,
-        Err(e) => return v.failed(&st, "records", e),
-    };
+    let r = or_page!(v, st, "records", load_record(&st, &id));
     let t = strings(&v.lang);
     let mut ctx = record_view(&t, &r);
     ctx["done"] = q
@@ -1055,10 +1042,7 @@ async fn confirm_page(
 ) -> Response {
     let v = visit(&st, &headers, &uri, &q);
     let _who = gate!(v, st, Role::Admin, "records");
-    let r = match load_record(&st, &id) {
-        Ok(r) => r,
-        Err(e) => return v.failed(&st, "records", e),
-    };
+    let r = or_page!(v, st, "records", load_record(&st, &id));
     let t = strings(&v.lang);
     let view = record_view(&t, &r);
     if op_allowed(&view, &op).is_none() {
@@ -1121,13 +1105,8 @@ async fn review_page(
     let v = visit(&st, &headers, &uri, &q);
     let _who = gate!(v, st, Role::Viewer, "review");
     let app = st.app.clone();
-    let found =
-        tokio::task::spawn_blocking(move || app.list("enrollments", None, Some("in_review"))).await;
-    let list = match found {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => return v.failed(&st, "review", e),
-        Err(e) => return v.failed(&st, "review", AppError::Refused(e.to_string())),
-    };
+    let found = off(move || app.list("enrollments", None, Some("in_review"))).await;
+    let list = or_page!(v, st, "review", found);
     let t = strings(&v.lang);
     let items: Vec<Value> = list
         .iter()
@@ -1205,7 +1184,7 @@ async fn outbox_page(
     let v = visit(&st, &headers, &uri, &q);
     let _who = gate!(v, st, Role::Viewer, "outbox");
     let app = st.app.clone();
-    let found = tokio::task::spawn_blocking(move || -> Result<(Vec<Value>, Value), AppError> {
+    let found = off(move || -> Result<(Vec<Value>, Value), AppError> {
         let mut dead = Vec::new();
         app.emit_outbox(true, &mut |i| {
             dead.push(i);
@@ -1214,11 +1193,7 @@ async fn outbox_page(
         Ok((dead, app.outbox_summary(Utc::now())?))
     })
     .await;
-    let (dead, summary) = match found {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => return v.failed(&st, "outbox", e),
-        Err(e) => return v.failed(&st, "outbox", AppError::Refused(e.to_string())),
-    };
+    let (dead, summary) = or_page!(v, st, "outbox", found);
     let t = strings(&v.lang);
     let done = q
         .get("done")
@@ -1247,7 +1222,7 @@ async fn outbox_retry(
     let now = Utc::now();
     let ids: Vec<String> = if id == "all" {
         let app = st.app.clone();
-        let found = tokio::task::spawn_blocking(move || -> Result<Vec<String>, AppError> {
+        let found = off(move || -> Result<Vec<String>, AppError> {
             let mut ids = Vec::new();
             app.emit_outbox(true, &mut |i| {
                 if let Some(s) = i["id"].as_str() {
@@ -1258,11 +1233,7 @@ async fn outbox_retry(
             Ok(ids)
         })
         .await;
-        match found {
-            Ok(Ok(ids)) => ids,
-            Ok(Err(e)) => return v.failed(&st, "outbox", e),
-            Err(e) => return v.failed(&st, "outbox", AppError::Refused(e.to_string())),
-        }
+        or_page!(v, st, "outbox", found)
     } else {
         vec![id]
     };
@@ -1290,37 +1261,32 @@ async fn inbound_page(
         .filter(|p| *p >= 1)
         .unwrap_or(1);
     let app = st.app.clone();
-    let found =
-        tokio::task::spawn_blocking(move || -> Result<(Vec<Value>, bool, usize), AppError> {
-            // unrecognised first (they wait for a person), each group newest first
-            let (mut first, mut rest) = (Vec::new(), Vec::new());
-            app.emit_inbound(None, &mut |i| {
-                if i["outcome"] == "unrecognised" {
-                    first.push(i);
-                } else {
-                    rest.push(i);
-                }
-                true
-            })?;
-            let unrecognised = first.len();
-            first.reverse();
-            rest.reverse();
-            let skip = (page - 1) * PER_PAGE;
-            let all: Vec<Value> = first
-                .into_iter()
-                .chain(rest)
-                .skip(skip)
-                .take(PER_PAGE + 1)
-                .collect();
-            let more = all.len() > PER_PAGE;
-            Ok((all.into_iter().take(PER_PAGE).collect(), more, unrecognised))
-        })
-        .await;
-    let (items, more, unrecognised) = match found {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => return v.failed(&st, "inbound", e),
-        Err(e) => return v.failed(&st, "inbound", AppError::Refused(e.to_string())),
-    };
+    let found = off(move || -> Result<(Vec<Value>, bool, usize), AppError> {
+        // unrecognised first (they wait for a person), each group newest first
+        let (mut first, mut rest) = (Vec::new(), Vec::new());
+        app.emit_inbound(None, &mut |i| {
+            if i["outcome"] == "unrecognised" {
+                first.push(i);
+            } else {
+                rest.push(i);
+            }
+            true
+        })?;
+        let unrecognised = first.len();
+        first.reverse();
+        rest.reverse();
+        let skip = (page - 1) * PER_PAGE;
+        let all: Vec<Value> = first
+            .into_iter()
+            .chain(rest)
+            .skip(skip)
+            .take(PER_PAGE + 1)
+            .collect();
+        let more = all.len() > PER_PAGE;
+        Ok((all.into_iter().take(PER_PAGE).collect(), more, unrecognised))
+    })
+    .await;
+    let (items, more, unrecognised) = or_page!(v, st, "inbound", found);
     let t = strings(&v.lang);
     let items: Vec<Value> = items
         .into_iter()
@@ -1352,7 +1318,7 @@ async fn export(
     let v = visit(&st, &headers, &uri, &q);
     let _who = gate!(v, st, Role::Viewer, "");
     let app = st.app.clone();
-    let found = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, AppError> {
+    let found = off(move || -> Result<Vec<Value>, AppError> {
         let mut all = Vec::new();
         app.emit_list(
             &["enrollments", "invitations", "customers"],
@@ -1366,11 +1332,7 @@ async fn export(
         Ok(all)
     })
     .await;
-    let all = match found {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => return v.failed(&st, "", e),
-        Err(e) => return v.failed(&st, "", AppError::Refused(e.to_string())),
-    };
+    let all = or_page!(v, st, "", found);
     match crate::export::csv(&Value::Array(all)) {
         Ok(body) => (
             [

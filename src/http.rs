@@ -60,7 +60,9 @@ async fn limit_uri(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
     next.run(req).await
 }
 
-async fn security_headers(mut res: Response) -> Response {
+/// The headers on every page of the public listener and of the console: no caching, no
+/// referrer, the strict CSP (no script), no sniffing, no framing.
+pub async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(

@@ -97,6 +97,17 @@ pub struct Templates {
     pub console_css: String,
 }
 
+/// The file `rel` under the templates directory if it is there, else the built-in copy.
+fn overridden(dir: Option<&Path>, rel: &str, builtin: &str) -> Result<String, TemplateError> {
+    match dir.map(|d| d.join(rel)) {
+        Some(p) if p.exists() => std::fs::read_to_string(&p).map_err(|e| TemplateError::Load {
+            name: p.display().to_string(),
+            message: e.to_string(),
+        }),
+        _ => Ok(builtin.to_string()),
+    }
+}
+
 impl Templates {
     pub fn load(dir: Option<&Path>) -> Result<Templates, TemplateError> {
         let mut text = Handlebars::new();
@@ -104,22 +115,9 @@ impl Templates {
         text.register_escape_fn(handlebars::no_escape);
         let mut html = Handlebars::new();
         html.set_strict_mode(true);
-        let mut style_css = STYLE_CSS.to_string();
-        if let Some(d) = dir {
-            if let Ok(s) = std::fs::read_to_string(d.join("style.css")) {
-                style_css = s;
-            }
-        }
+        let style_css = overridden(dir, "style.css", STYLE_CSS)?;
         for (path, builtin) in EN_US.iter().chain(KO_KR.iter()) {
-            let source = match dir.map(|d| d.join(path)) {
-                Some(p) if p.exists() => {
-                    std::fs::read_to_string(&p).map_err(|e| TemplateError::Load {
-                        name: p.display().to_string(),
-                        message: e.to_string(),
-                    })?
-                }
-                _ => builtin.to_string(),
-            };
+            let source = overridden(dir, path, builtin)?;
             let name = path.trim_end_matches(".hbs");
             let reg = if name.ends_with(".html") {
                 &mut html
@@ -132,22 +130,9 @@ impl Templates {
                     message: e.to_string(),
                 })?;
         }
-        let mut console_css = CONSOLE_CSS.to_string();
-        if let Some(d) = dir {
-            if let Ok(s) = std::fs::read_to_string(d.join("console/console.css")) {
-                console_css = s;
-            }
-        }
+        let console_css = overridden(dir, "console/console.css", CONSOLE_CSS)?;
         for (name, builtin) in CONSOLE_PAGES {
-            let source = match dir.map(|d| d.join(format!("console/{name}.html.hbs"))) {
-                Some(p) if p.exists() => {
-                    std::fs::read_to_string(&p).map_err(|e| TemplateError::Load {
-                        name: p.display().to_string(),
-                        message: e.to_string(),
-                    })?
-                }
-                _ => builtin.to_string(),
-            };
+            let source = overridden(dir, &format!("console/{name}.html.hbs"), builtin)?;
             for loc in LOCALES {
                 html.register_template_string(&format!("{loc}/console_{name}.html"), &source)
                     .map_err(|e| TemplateError::Load {
