@@ -1127,8 +1127,12 @@ fn print_record(v: &Value) {
     if let Some(h) = v.get("history").and_then(Value::as_array) {
         println!("history");
         for t in h {
+            let by = t["staff"]
+                .as_str()
+                .map(|_| format!(" ({})", esc(&t["staff"], "")))
+                .unwrap_or_default();
             println!(
-                "  {}  {:>20} -> {:<20} {:<6} {}",
+                "  {}  {:>20} -> {:<20} {:<7} {}{by}",
                 esc(&t["at"], ""),
                 esc(&t["from"], ""),
                 esc(&t["to"], ""),

@@ -1416,11 +1416,21 @@ mod tests {
 
     #[test]
     fn console_section() {
+        // the development config has one on 127.0.0.1:8090
+        let shipped = parse(SHIPPED).unwrap_or_else(|e| panic!("{e}")).console;
+        assert_eq!(shipped.map(|c| c.listen.port()), Some(8090));
+        let start = SHIPPED
+            .find("[console]")
+            .unwrap_or_else(|| panic!("[console]"));
+        let end = SHIPPED[start..]
+            .find("\n[")
+            .map_or(SHIPPED.len(), |e| start + e + 1);
+        let without = format!("{}{}", &SHIPPED[..start], &SHIPPED[end..]);
         assert_eq!(
-            parse(SHIPPED).unwrap_or_else(|e| panic!("{e}")).console,
+            parse(&without).unwrap_or_else(|e| panic!("{e}")).console,
             None
         );
-        let with = |body: &str| format!("{SHIPPED}\n[console]\n{body}\n");
+        let with = |body: &str| format!("{without}\n[console]\n{body}\n");
         let c = parse(&with("")).unwrap_or_else(|e| panic!("{e}"));
         let c = c.console.expect("console");
         assert_eq!(c.listen, "127.0.0.1:8090".parse().expect("addr"));
