@@ -487,7 +487,7 @@ async fn login(
         Ok(Some(member)) => {
             st.accounts.succeeded(&format!("acct:{email}"));
             st.addresses.succeeded(&format!("addr:{address}"));
-            match st.app.console_session_start(&member).await {
+            match st.app.console_session_start(&member, st.idle()).await {
                 Ok(cookie_value) => {
                     tracing::info!(role = member.role.as_str(), "console sign-in");
                     let mut res = see_other("/");

@@ -144,7 +144,16 @@ impl App {
     }
 
     /// A new session for `who`: the cookie value to hand out (only its SHA-256 is stored).
-    pub async fn console_session_start(&self, who: &Staff) -> Result<String> {
+    /// Sessions idle longer than `idle` are removed on the way (abandoned ones do not pile up).
+    pub async fn console_session_start(
+        &self,
+        who: &Staff,
+        idle: chrono::Duration,
+    ) -> Result<String> {
+        let pruned = self.console_prune_sessions(idle)?;
+        if pruned > 0 {
+            tracing::debug!(pruned, "idle console sessions removed");
+        }
         let cookie = staff::new_token();
         let now = Utc::now();
         let s = Session {

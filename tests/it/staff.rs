@@ -83,3 +83,82 @@ fn staff_add_list_reset_remove() {
         "{log}"
     );
 }
+
+/// Sessions end when idle longer than `[console] session_idle`, and idle ones are removed when
+/// someone signs in (in-process, on the suite's store backend).
+#[test]
+fn sessions_expire_when_idle() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let text = crate::harness::config_text(&Options::default());
+    let path = dir.path().join("invited.toml");
+    std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+    crate::harness::give_key(dir.path());
+    let cfg = invited::config::Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    let shared = invited::daemon::load_shared(cfg.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let store = invited::store::Store::open(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let app = invited::app::App::new(store, shared);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async {
+        app.staff_add("lead@contoso.test", "admin", PW.trim())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let member = app
+            .staff_check_password("lead@contoso.test", PW.trim())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("the right password"));
+        assert!(app
+            .staff_check_password("lead@contoso.test", "a wrong passphrase")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
+        assert!(app
+            .staff_check_password("nobody@contoso.test", PW.trim())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
+        let hour = chrono::Duration::hours(1);
+        let a = app
+            .console_session_start(&member, hour)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b = app
+            .console_session_start(&member, hour)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let who = app
+            .console_session(&a, hour)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            who.map(|w| w.email.to_string()),
+            Some("lead@contoso.test".into())
+        );
+        assert!(app
+            .console_session("not a session", hour)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        // idle longer than allowed: gone, and stays gone
+        let idle = chrono::Duration::milliseconds(10);
+        assert!(app
+            .console_session(&a, idle)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
+        assert!(app
+            .console_session(&a, hour)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
+        // b was idle too: a new sign-in with that limit removes it
+        let _c = app
+            .console_session_start(&member, idle)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(app
+            .console_session(&b, hour)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
+    });
+}
