@@ -12,103 +12,17 @@
 // Environment: INVITED_BIN (default ../../target/debug/invited), ARTIFACTS_DIR (default
 // ./artifacts), CHROMIUM (default /usr/bin/chromium), BROWSER_TEST_TIME_LIMIT (seconds, default 180).
 
-import { chromium } from 'playwright-core';
-import { execFile, spawn } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import {
+  ARTIFACTS, BIN, CHROMIUM, Daemon, SHOTS, check, closeBrowsers, counts, h1, htmlLang, launchContext,
+  note, phase, removeProfiles, run, say, short, sleep, submitBy, waitFor,
+} from './lib.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, '..', '..');
-const BIN = process.env.INVITED_BIN || path.join(REPO, 'target', 'debug', 'invited');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const ARTIFACTS = path.resolve(
-  process.env.ARTIFACTS_DIR || path.join(REPO, 'target', 'browser-artifacts'),
-);
-// The README's screenshots are tracked files: a test run writes its copies beside the other
-// artifacts, and only `UPDATE_SCREENSHOTS=1 tests/browser/run` replaces docs/screenshots/.
-const SHOTS = process.env.UPDATE_SCREENSHOTS === '1'
-  ? path.join(REPO, 'docs', 'screenshots')
-  : path.join(ARTIFACTS, 'screenshots');
 const TIME_LIMIT_MS = Number(process.env.BROWSER_TEST_TIME_LIMIT || 420) * 1000;
-const STEP_TIMEOUT_MS = 20000;
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-
-const started = Date.now();
-let passed = 0;
-let failed = 0;
-let finished = false;
-let stopping = false; // the time limit or a signal: no more checks from the flows
 
 // ---------------------------------------------------------------------------------------------
-// Checks and output
-
-function check(name, ok, detail = '') {
-  if (finished || stopping) return ok;
-  if (ok) {
-    passed++;
-    console.log(`ok - ${name}`);
-  } else {
-    failed++;
-    console.log(`FAIL - ${name}${detail ? `: ${detail}` : ''}`);
-  }
-  return ok;
-}
-
-function note(text) {
-  if (!finished && !stopping) console.log(`note - ${text}`);
-}
-
-function say(text) {
-  if (!finished && !stopping) console.log(text);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const short = (v) => {
-  const s = typeof v === 'string' ? v : JSON.stringify(v);
-  return s && s.length > 300 ? `${s.slice(0, 300)}…` : s;
-};
-
-async function waitFor(what, fn, timeout = STEP_TIMEOUT_MS) {
-  const end = Date.now() + timeout;
-  let last;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) {
-      throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${last.message})` : ''}`);
-    }
-    await sleep(100);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The daemon, its config and its CLI
-
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'invited-browser-'));
-const CONFIG = path.join(dir, 'invited.toml');
-const OUTBOX = path.join(dir, 'outbox');
-const INBOX = path.join(dir, 'inbox');
-const SOCKET = path.join(dir, 'admin.sock');
-const DAEMON_LOG = path.join(dir, 'daemon.log');
-let daemon = null;
-let daemonExited = null;
+// The daemon, its config and its CLI (lib.mjs)
 
 const CONFIG_TEXT = `
 [store]
@@ -153,280 +67,30 @@ email = "jp-ops@contoso.test"
 markets = ["JP"]
 `;
 
-function startDaemon() {
-  fs.writeFileSync(CONFIG, CONFIG_TEXT);
-  const out = fs.openSync(path.join(dir, 'daemon.out'), 'a');
-  const err = fs.openSync(DAEMON_LOG, 'a');
-  daemon = spawn(BIN, ['serve', '--config', CONFIG], { stdio: ['ignore', out, err] });
-  fs.closeSync(out);
-  fs.closeSync(err);
-  daemon.on('exit', (code, signal) => {
-    daemonExited = { code, signal };
-  });
-  daemon.on('error', (e) => {
-    daemonExited = { error: e.message };
-  });
-}
 
-function cli(args) {
-  return new Promise((resolve) => {
-    execFile(
-      BIN,
-      ['--config', CONFIG, ...args],
-      { timeout: STEP_TIMEOUT_MS, maxBuffer: 64 * 1024 * 1024 },
-      (error, stdout, stderr) => resolve({ ok: !error, stdout, stderr }),
-    );
-  });
-}
-
-async function json(...args) {
-  const r = await cli(['--json', ...args]);
-  if (!r.ok) throw new Error(`invited ${args.join(' ')} failed: ${r.stderr}${r.stdout}`);
-  try {
-    return JSON.parse(r.stdout);
-  } catch (e) {
-    throw new Error(`invited ${args.join(' ')}: bad JSON (${e.message}): ${short(r.stdout)}`);
-  }
-}
-
-const show = (id) => json('show', id);
-const stateOf = async (id) => (await show(id)).state;
-async function waitState(id, state) {
-  let last;
-  try {
-    await waitFor(`${id} to become ${state}`, async () => (last = await stateOf(id)) === state);
-  } catch {
-    /* reported by the caller's check */
-  }
-  return last;
-}
-
-function adminStatus() {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath: SOCKET, path: '/v1/status', method: 'GET' }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => (body += d));
-      res.on('end', () => {
-        try {
-          resolve(JSON.parse(body));
-        } catch (e) {
-          reject(new Error(`status: ${res.statusCode} ${short(body)}`));
-        }
-      });
-    });
-    req.on('error', reject);
-    req.setTimeout(5000, () => req.destroy(new Error('status: timeout')));
-    req.end();
-  });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Mail: the .eml files in outbox/ (links) and the CLI's outbox listing (kind of each message)
-
-function decodeBody(body, cte) {
-  const enc = (cte || '7bit').trim().toLowerCase();
-  if (enc === 'base64') return Buffer.from(body.replace(/[^A-Za-z0-9+/=]/g, ''), 'base64').toString('utf8');
-  if (enc === 'quoted-printable') {
-    const bytes = [];
-    const s = body.replace(/=\r?\n/g, '');
-    for (let i = 0; i < s.length; i++) {
-      if (s[i] === '=' && /^[0-9A-Fa-f]{2}$/.test(s.slice(i + 1, i + 3))) {
-        bytes.push(parseInt(s.slice(i + 1, i + 3), 16));
-        i += 2;
-      } else {
-        bytes.push(...Buffer.from(s[i], 'utf8'));
-      }
-    }
-    return Buffer.from(bytes).toString('utf8');
-  }
-  return body;
-}
-
-function parseHeaders(head) {
-  const h = {};
-  for (const line of head.replace(/\r?\n[ \t]+/g, ' ').split(/\r?\n/)) {
-    const i = line.indexOf(':');
-    if (i > 0) h[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
-  }
-  return h;
-}
-
-function splitEntity(raw) {
-  const m = raw.match(/\r?\n\r?\n/);
-  if (!m) return { headers: parseHeaders(raw), body: '' };
-  return { headers: parseHeaders(raw.slice(0, m.index)), body: raw.slice(m.index + m[0].length) };
-}
-
-// Collects the decoded text/plain and text/html parts of a (possibly multipart) entity.
-function collectParts(entity, out) {
-  const ct = entity.headers['content-type'] || 'text/plain';
-  const b = ct.match(/boundary="?([^";]+)"?/i);
-  if (/^multipart\//i.test(ct) && b) {
-    const pieces = entity.body.split(`--${b[1]}`);
-    for (const p of pieces.slice(1)) {
-      if (p.startsWith('--')) break;
-      collectParts(splitEntity(p.replace(/^\r?\n/, '')), out);
-    }
-  } else if (/^text\/plain/i.test(ct)) {
-    out.text += decodeBody(entity.body, entity.headers['content-transfer-encoding']);
-  } else if (/^text\/html/i.test(ct)) {
-    out.html += decodeBody(entity.body, entity.headers['content-transfer-encoding']);
-  }
-}
-
-const addr = (v) => ((v || '').match(/<([^>]+)>/) || [null, (v || '').trim()])[1];
-
-function parseEml(file) {
-  const raw = fs.readFileSync(file, 'latin1'); // bytes as-is; parts decode to UTF-8 themselves
-  const top = splitEntity(raw);
-  const out = { text: '', html: '' };
-  collectParts(top, out);
-  const m = out.text.match(/\/t\/[A-Za-z0-9_-]+/);
-  const u = (top.headers['list-unsubscribe'] || '').match(/\/u\/[A-Za-z0-9_-]+/);
-  return {
-    file,
-    to: addr(top.headers.to).toLowerCase(),
-    replyTo: addr(top.headers['reply-to']),
-    messageId: addr(top.headers['message-id']),
-    autoSubmitted: top.headers['auto-submitted'] || '',
-    text: out.text,
-    html: out.html,
-    link: m ? m[0] : null,
-    unsubscribe: u ? u[0] : null, // the List-Unsubscribe link (invitations and reminders)
-  };
-}
-
-function emlByMessageId() {
-  const map = new Map();
-  let names = [];
-  try {
-    names = fs.readdirSync(OUTBOX).filter((n) => n.endsWith('.eml'));
-  } catch {
-    return map;
-  }
-  for (const n of names) {
-    try {
-      const m = parseEml(path.join(OUTBOX, n));
-      map.set(m.messageId, m);
-    } catch {
-      /* a file being written; the next poll reads it */
-    }
-  }
-  return map;
-}
-
-async function knownMessageIds() {
-  return new Set((await json('outbox')).map((o) => o.message_id));
-}
-
-// Waits for a message of `kind` to `to` that is not in `exclude` and whose .eml is written.
-async function waitMail(to, kind, exclude = new Set()) {
-  return waitFor(`a ${kind} email to ${to}`, async () => {
-    const list = (await json('outbox')).filter(
-      (o) => o.to.toLowerCase() === to.toLowerCase() && o.kind === kind && !exclude.has(o.message_id),
-    );
-    if (list.length === 0) return null;
-    const emls = emlByMessageId();
-    const found = list.map((o) => ({ o, m: emls.get(o.message_id) })).filter((x) => x.m);
-    if (found.length === 0) return null;
-    const { o, m } = found[found.length - 1];
-    return { ...m, kind: o.kind, record: o.record };
-  });
-}
-
-// A reply as a contact's mail client writes it; delivered into the maildir (tmp/ then new/).
-let replySeq = 0;
-async function replyTo(mail, body) {
-  const from = mail.to;
-  const dom = from.split('@')[1];
-  const mid = `reply-${++replySeq}-${crypto.randomBytes(6).toString('hex')}@${dom}`;
-  const raw =
-    `Return-Path: <${from}>\r\n` +
-    `Authentication-Results: mx.invited.test; dkim=pass header.d=${dom}; spf=pass; dmarc=pass (p=none) header.from=${dom}\r\n` +
-    `From: Contact <${from}>\r\n` +
-    `To: ${mail.replyTo}\r\n` +
-    `Subject: Re: your email\r\n` +
-    `Message-ID: <${mid}>\r\n` +
-    `In-Reply-To: <${mail.messageId}>\r\n` +
-    `References: <${mail.messageId}>\r\n` +
-    `Date: ${new Date().toUTCString().replace('GMT', '+0000')}\r\n` +
-    `MIME-Version: 1.0\r\n` +
-    `Content-Type: text/plain; charset=utf-8\r\n` +
-    `\r\n${body}\r\n`;
-  const name = `${Date.now()}.${process.pid}_${replySeq}.browser-test`;
-  fs.writeFileSync(path.join(INBOX, 'tmp', name), raw);
-  fs.renameSync(path.join(INBOX, 'tmp', name), path.join(INBOX, 'new', name));
-  return waitFor(`inbound ${mid}`, async () =>
-    (await json('inbound')).find((i) => i.message_id === mid || i.message_id === `<${mid}>`),
-  );
-}
+const d = new Daemon(CONFIG_TEXT);
+const { dir } = d;
+const json = (...args) => d.json(...args);
+const show = (id) => d.show(id);
+const stateOf = (id) => d.stateOf(id);
+const waitState = (id, state) => d.waitState(id, state);
+const emlByMessageId = () => d.emlByMessageId();
+const knownMessageIds = () => d.knownMessageIds();
+const waitMail = (to, kind, exclude) => d.waitMail(to, kind, exclude);
+const replyTo = (mail, body) => d.replyTo(mail, body);
 
 // ---------------------------------------------------------------------------------------------
 // Browser
 
 let httpBase = '';
-let userDataDir = null;
 let context = null;
 const pageRequests = []; // every request any page made: {method, url}
 
-// A bare CI machine's first Chromium start can be slow (font cache, first-run work, a busy host):
-// give each launch 90 s and try up to three times with a fresh profile before calling it a failure.
-const LAUNCH_TIMEOUT_MS = 90000;
-const LAUNCH_ATTEMPTS = 3;
-
 async function startBrowser() {
-  let lastError = null;
-  for (let attempt = 1; attempt <= LAUNCH_ATTEMPTS; attempt++) {
-    userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'invited-chromium-'));
-    const t0 = Date.now();
-    try {
-      context = await chromium.launchPersistentContext(userDataDir, {
-        executablePath: CHROMIUM,
-        headless: true,
-        args: CHROMIUM_ARGS,
-        viewport: { width: 960, height: 720 },
-        timeout: LAUNCH_TIMEOUT_MS,
-      });
-      console.log(`# Chromium started in ${((Date.now() - t0) / 1000).toFixed(1)} s (attempt ${attempt})`);
-      break;
-    } catch (e) {
-      lastError = e;
-      const first = String(e.message).split('\n')[0];
-      console.log(`# Chromium launch attempt ${attempt} failed after ${((Date.now() - t0) / 1000).toFixed(1)} s: ${first}`);
-      for (const pid of chromiumPids()) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          /* gone */
-        }
-      }
-      fs.rmSync(userDataDir, { recursive: true, force: true });
-      userDataDir = null;
-      context = null;
-    }
-  }
-  if (!context) throw lastError;
-  context.setDefaultTimeout(STEP_TIMEOUT_MS);
-  context.setDefaultNavigationTimeout(STEP_TIMEOUT_MS);
+  context = await launchContext();
   context.on('request', (r) => pageRequests.push({ method: r.method(), url: r.url() }));
 }
 
-// Chromium processes started for our temp profile, by pid (the wrapper script forks the real one).
-function chromiumPids() {
-  if (!userDataDir) return [];
-  const pids = [];
-  for (const p of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(p)) continue;
-    try {
-      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8');
-      if (cmd.includes(userDataDir)) pids.push(Number(p));
-    } catch {
-      /* gone */
-    }
-  }
-  return pids;
-}
 
 let shotSeq = 0;
 async function artifact(page, name) {
@@ -440,19 +104,8 @@ async function artifact(page, name) {
   }
 }
 
-const url = (p) => `http://${httpBase}${p}`;
-const htmlLang = (page) => page.evaluate(() => document.documentElement.getAttribute('lang'));
-const h1 = async (page) => ((await page.locator('h1').first().textContent()) || '').trim();
 
-// Submits by clicking `selector`, returns the POST's response after the new page has loaded.
-async function submitBy(page, selector) {
-  const [resp] = await Promise.all([
-    page.waitForResponse((r) => r.request().method() === 'POST'),
-    page.click(selector),
-  ]);
-  await page.waitForLoadState('load');
-  return resp;
-}
+const url = (p) => `http://${httpBase}${p}`;
 
 function securityHeaders(resp) {
   const h = resp.headers();
@@ -952,102 +605,26 @@ async function mainFlows() {
 // ---------------------------------------------------------------------------------------------
 // Cleanup, time limit, main
 
-let cleaning = null;
-function cleanup() {
-  if (cleaning) return cleaning;
-  cleaning = (async () => {
-    if (context) {
-      await Promise.race([context.close().catch(() => {}), sleep(5000)]);
-    }
-    for (const pid of chromiumPids()) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-    if (daemon && !daemonExited) {
-      try {
-        daemon.kill('SIGTERM');
-      } catch {
-        /* gone */
-      }
-      const end = Date.now() + 15000;
-      while (!daemonExited && Date.now() < end) await sleep(50);
-      if (daemonExited) {
-        check('the daemon stops cleanly on SIGTERM', daemonExited.code === 0, JSON.stringify(daemonExited));
-      } else {
-        console.log('FAIL - the daemon did not stop within 15 s of SIGTERM; killed');
-        failed++;
-        try {
-          daemon.kill('SIGKILL');
-        } catch {
-          /* gone */
-        }
-      }
-    }
-    try {
-      fs.mkdirSync(ARTIFACTS, { recursive: true });
-      fs.copyFileSync(DAEMON_LOG, path.join(ARTIFACTS, 'daemon.log'));
-    } catch {
-      /* no log */
-    }
-    if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
-    if (failed === 0) fs.rmSync(dir, { recursive: true, force: true });
-    else console.log(`# kept ${dir} (config, store, outbox, inbox, daemon.log)`);
-  })();
-  return cleaning;
-}
-
-function finish() {
-  if (finished) return;
-  finished = true;
-  console.log(`# ${((Date.now() - started) / 1000).toFixed(1)} s`);
-  console.log(`${passed} passed, ${failed} failed`);
-  process.exitCode = failed === 0 ? 0 : 1;
-}
-
-// Last resort if the process exits some other way: nothing we started stays behind.
-process.on('exit', () => {
-  if (daemon && !daemonExited) {
-    try {
-      daemon.kill('SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
-  for (const pid of chromiumPids()) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
-});
-
-const limit = setTimeout(async () => {
-  check(`the whole run finished within ${TIME_LIMIT_MS / 1000} s`, false, 'time limit reached; stopping everything');
-  stopping = true;
-  await Promise.race([cleanup(), sleep(20000)]);
-  finish();
-  process.exit(1);
-}, TIME_LIMIT_MS);
-
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, async () => {
-    check('not interrupted', false, sig);
-    stopping = true;
-    await Promise.race([cleanup(), sleep(20000)]);
-    finish();
-    process.exit(1);
-  });
-}
-
-async function phase(name, fn) {
+async function cleanup() {
+  await closeBrowsers();
+  await d.stop();
   try {
-    await fn();
-  } catch (e) {
-    check(`${name} ran to its end`, false, e && e.stack ? e.stack.split('\n').slice(0, 3).join(' | ') : String(e));
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    fs.copyFileSync(d.log, path.join(ARTIFACTS, 'daemon.log'));
+  } catch {
+    /* no log */
+  }
+  removeProfiles();
+  if (counts().failed === 0) fs.rmSync(dir, { recursive: true, force: true });
+  else console.log(`# kept ${dir} (config, store, outbox, inbox, daemon.log)`);
+}
+
+function printDaemonLog() {
+  try {
+    const log = fs.readFileSync(path.join(ARTIFACTS, 'daemon.log'), 'utf8').split('\n').slice(-30).join('\n');
+    console.log(`# daemon.log (last lines):\n${log.replace(/^/gm, '#   ')}`);
+  } catch {
+    /* none */
   }
 }
 
@@ -1061,13 +638,10 @@ async function main() {
   }
   console.log(`# invited browser flows: ${BIN}, Chromium ${CHROMIUM}, temp dir ${dir}`);
   if (!check('the invited binary exists', fs.existsSync(BIN), `${BIN} (run cargo build)`)) return;
-  startDaemon();
+  d.start();
   try {
-    await waitFor('the admin socket', async () => {
-      if (daemonExited) throw new Error(`daemon exited early: ${JSON.stringify(daemonExited)}`);
-      return (await cli(['--json', 'list', 'invitations'])).ok;
-    }, 30000);
-    httpBase = (await adminStatus()).http;
+    await d.ready();
+    httpBase = (await d.status()).http;
   } catch (e) {
     check('the daemon starts and answers on its admin socket', false, e.message);
     return;
@@ -1083,20 +657,7 @@ async function main() {
   }
   await phase('scanner simulation', scannerPhase);
   await phase('browser flows', mainFlows);
-  check('the daemon is still running', !daemonExited, JSON.stringify(daemonExited));
+  check('the daemon is still running', !d.exited, JSON.stringify(d.exited));
 }
 
-await main().catch((e) => check('the test script ran without an unexpected error', false, e.stack || String(e)));
-if (!finished) {
-  await cleanup();
-  if (failed > 0) {
-    try {
-      const log = fs.readFileSync(path.join(ARTIFACTS, 'daemon.log'), 'utf8').split('\n').slice(-30).join('\n');
-      console.log(`# daemon.log (last lines):\n${log.replace(/^/gm, '#   ')}`);
-    } catch {
-      /* none */
-    }
-  }
-  clearTimeout(limit);
-  finish();
-}
+await run({ timeLimitMs: TIME_LIMIT_MS, main, cleanup, afterFailure: printDaemonLog });
