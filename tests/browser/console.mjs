@@ -203,6 +203,17 @@ async function startSink(bin, port, faults) {
   return sink;
 }
 
+// Last resort if the process exits some other way: no smtp-sink stays behind.
+process.on('exit', () => {
+  for (const s of sinks) {
+    try {
+      s.proc.kill('SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+});
+
 async function stopSink(sink) {
   if (!sink.exited) {
     try {
