@@ -412,17 +412,27 @@ async fn login_page(
     if v.who.is_some() {
         return see_other("/");
     }
-    login_form(&st, &v, StatusCode::OK, "", None)
+    login_form(&st, &v, &headers, StatusCode::OK, "", None)
 }
 
+/// The sign-in form. Its token is the browser's login cookie when it has one (a second tab, or a
+/// request the browser makes by itself such as /favicon.ico, must not invalidate the form on
+/// screen), else a new one.
 fn login_form(
     st: &ConsoleState,
     v: &Visit,
+    headers: &HeaderMap,
     status: StatusCode,
     email: &str,
     error: Option<String>,
 ) -> Response {
-    let token = crate::staff::new_token();
+    let token = cookie(headers, LOGIN_COOKIE)
+        .filter(|t| {
+            t.len() == 43
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map_or_else(crate::staff::new_token, str::to_string);
     let mut res = v.frame(st, "login").render(
         status,
         "login",
@@ -509,7 +519,14 @@ async fn login(
             st.addresses.failed(&format!("addr:{address}"), now);
             tracing::info!("console sign-in failed (wrong email or password)");
             let err = t["login_failed"].as_str().unwrap_or_default().to_string();
-            login_form(&st, &v, StatusCode::UNAUTHORIZED, &email, Some(err))
+            login_form(
+                &st,
+                &v,
+                &headers,
+                StatusCode::UNAUTHORIZED,
+                &email,
+                Some(err),
+            )
         }
         Err(e) => v.failed(&st, "login", e),
     }
@@ -702,6 +719,17 @@ async fn invite_page(
             .find(|(rid, owner, _)| rid == id && *owner == who.email)
             .map(|(_, _, r)| r.clone())
     });
+    // the outcomes in the page's language (the report may be read in another than it was made in)
+    let t = strings(&v.lang);
+    let report = report.map(|mut r| {
+        if let Some(rows) = r["rows"].as_array_mut() {
+            for row in rows {
+                let o = row["outcome"].as_str().unwrap_or_default().to_string();
+                row["outcome_label"] = t[&format!("outcome_{o}")].clone();
+            }
+        }
+        r
+    });
     let provider = report
         .as_ref()
         .and_then(|r| r["provider"].as_str().map(str::to_string));
@@ -778,7 +806,6 @@ async fn invite(
     rows.sort_by_key(|r| r["line"].as_u64().unwrap_or(0));
     for r in &mut rows {
         let o = r["outcome"].as_str().unwrap_or_default().to_string();
-        r["outcome_label"] = t[&format!("outcome_{o}")].clone();
         r["problem"] = json!(o == "rejected" || o == "suppressed");
         for k in ["id", "reason", "email"] {
             if r.get(k).is_none() {

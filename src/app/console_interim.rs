@@ -48,12 +48,14 @@ impl App {
     }
 
     pub fn funnel(&self) -> Result<Vec<ProviderFunnel>> {
-        let mut enrollment: std::collections::HashMap<String, EnrollmentState> = Default::default();
+        let mut enrollment: std::collections::HashMap<String, (EnrollmentState, bool)> =
+            Default::default();
         let mut invitations = Vec::new();
         self.store.each_record(None, |r| {
             match &r.body {
                 Body::Enrollment(e) => {
-                    enrollment.insert(r.recipient().to_string(), e.state);
+                    let reviewed = r.history.iter().any(|h| h.to == "in_review");
+                    enrollment.insert(r.recipient().to_string(), (e.state, reviewed));
                 }
                 Body::ProviderAuthorization(a) => {
                     invitations.push((a.provider.clone(), a.email.to_string(), a.state))
@@ -69,10 +71,10 @@ impl App {
                 ..Default::default()
             });
             f.stages[0] += 1;
-            if let Some(e) = enrollment.get(&email) {
+            if let Some((e, reviewed)) = enrollment.get(&email) {
                 use EnrollmentState::*;
                 f.stages[1] += 1;
-                if matches!(e, InReview | Approved | Active) {
+                if *reviewed {
                     f.stages[2] += 1;
                 }
                 if matches!(e, Approved | Active) {
