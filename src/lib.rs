@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dkim;
+pub mod funnel;
 pub mod http;
 pub mod imap;
 pub mod listener;

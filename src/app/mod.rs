@@ -2,6 +2,7 @@
 //! remind. Each operation is one store batch (state change + the mail it causes) and is flushed
 //! before its caller answers. No I/O other than the store; the clock comes in as `now`.
 
+mod console_queries;
 mod inbound;
 mod links;
 mod onboarding;
