@@ -404,8 +404,8 @@ fn sled_store() -> (tempfile::TempDir, Store) {
     (dir, s)
 }
 
-/// A fresh database on the `scripts/pgstack` server named by `INVITED_TEST_PGSTACK`, if any.
-pub(crate) fn pg_store() -> Option<Store> {
+/// The `scripts/pgstack` server named by `INVITED_TEST_PGSTACK`, if any: (port, password file).
+fn pgstack() -> Option<(String, String)> {
     let dir = std::env::var("INVITED_TEST_PGSTACK").ok()?;
     let env = ok(std::fs::read_to_string(format!("{dir}/env")));
     let var = |k: &str| {
@@ -413,37 +413,97 @@ pub(crate) fn pg_store() -> Option<Store> {
             .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string))
             .unwrap_or_else(|| panic!("{k} missing from {dir}/env"))
     };
-    let (port, password_file) = (var("PGSTACK_PORT"), var("PGSTACK_PASSWORD_FILE"));
+    Some((var("PGSTACK_PORT"), var("PGSTACK_PASSWORD_FILE")))
+}
+
+/// Runs `sql` on database `db` of the pgstack server.
+fn pg_sql(db: &str, sql: &str) {
+    let Some((port, password_file)) = pgstack() else {
+        return;
+    };
     let password = ok(std::fs::read_to_string(&password_file));
-    let name = format!("u{}", crate::model::random_ref());
     let rt = ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build());
     rt.block_on(async {
         let (client, conn) = ok(tokio_postgres::connect(
             &format!(
-                "host=127.0.0.1 port={port} user=invited dbname=postgres password={}",
+                "host=127.0.0.1 port={port} user=invited dbname={db} password={}",
                 password.trim()
             ),
             tokio_postgres::NoTls,
         )
         .await);
         let task = tokio::spawn(conn);
-        ok(client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await);
+        ok(client.batch_execute(sql).await);
         drop(client);
         let _ = task.await;
     });
+}
+
+/// A fresh database on the pgstack server (its name, and the store on it), if there is one.
+fn pg_store_named() -> Option<(String, Store)> {
+    let (port, password_file) = pgstack()?;
+    let name = format!("u{}", crate::model::random_ref());
+    pg_sql("postgres", &format!("CREATE DATABASE {name}"));
+    Some((name.clone(), pg_open(&port, &password_file, &name)))
+}
+
+fn pg_open(port: &str, password_file: &str, name: &str) -> Store {
     let cfg = crate::config::PostgresStore {
         url: format!("postgres://invited@127.0.0.1:{port}/{name}"),
         password_file: Some(password_file.into()),
         pool_size: 4,
         lease: std::time::Duration::from_secs(60),
     };
-    Some(Store::Postgres(ok(super::postgres::Store::open(
-        &cfg, "test",
-    ))))
+    Store::Postgres(ok(super::postgres::Store::open(&cfg, "test")))
+}
+
+pub(crate) fn pg_store() -> Option<Store> {
+    pg_store_named().map(|(_, s)| s)
+}
+
+/// Migration 3 on a database that holds records (as schema 1 left them): the columns and the
+/// confirmations are filled from the stored records, so the queries answer as before.
+#[test]
+fn postgres_migration_3_fills_the_console_columns_from_the_records() {
+    let Some((name, store)) = pg_store_named() else {
+        eprintln!("skipped: INVITED_TEST_PGSTACK is not set");
+        return;
+    };
+    random_transitions_keep_counts_equal_to_a_recount(&store, 777);
+    let answers = |s: &Store| {
+        let read = s.read();
+        (
+            ok(read.funnel()),
+            ok(read.days_since(day0().date_naive())),
+            ok(read.records_page(&RecordQuery {
+                page: 2,
+                per_page: 50,
+                text: Some("fabrikam".into()),
+                ..RecordQuery::default()
+            }))
+            .records
+            .iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>(),
+        )
+    };
+    let before = answers(&store);
+    assert!(!before.2.is_empty());
+    drop(store);
+    pg_sql(
+        &name,
+        "DROP TABLE confirmations;
+         DROP INDEX records_changed, records_provider_state_changed, records_created, records_funnel;
+         ALTER TABLE records DROP COLUMN created_ms, DROP COLUMN changed_ms, DROP COLUMN company;
+         DELETE FROM invited_schema WHERE version = 3;",
+    );
+    let Some((port, password_file)) = pgstack() else {
+        return;
+    };
+    let store = pg_open(&port, &password_file, &name);
+    assert_eq!(answers(&store), before);
 }
 
 #[test]
