@@ -1,6 +1,6 @@
 //! The staff console's queries at 100,000 records, in process: `App::funnel`,
 //! `App::activity(30)` and `App::records_page` (pages 1 and 50 of 50 records, unfiltered and
-//! filtered by provider and state, and a text search), each run `CONSOLE_BENCH_RUNS` times
+//! filtered by provider and state, a text search, and one that matches nothing: the whole walk), each run `CONSOLE_BENCH_RUNS` times
 //! (default 20), min / median / max. Also how long the store takes to open with them (start to
 //! ready). `cargo bench --bench console_queries` (N records, `CONSOLE_BENCH_N`, default 100,000).
 //!
@@ -177,32 +177,10 @@ fn fill(app: &App, n: u64) {
 }
 
 fn config(dir: &Path, store: &str) -> invited::config::Config {
-    let d = dir.display();
     let path = dir.join("invited.toml");
     ok(std::fs::write(
         &path,
-        format!(
-            r#"[store]
-{store}
-[http]
-listen = "127.0.0.1:0"
-public_url = "http://127.0.0.1:8080"
-[admin]
-socket = "{d}/admin.sock"
-[keys]
-active = "k1"
-files = {{ k1 = "{d}/k1.key" }}
-[mail]
-from = "Contoso Distribution <partners@invited.test>"
-reply_to = "replies@invited.test"
-[mail.outbound]
-transport = "file"
-dir = "{d}/outbox"
-[mail.inbound]
-source = "maildir"
-dir = "{d}/inbox"
-"#
-        ),
+        invited::config::minimal_toml(dir, store),
     ));
     // a PostgreSQL daemon is given its key file; sled's makes one
     ok(std::fs::write(
@@ -291,6 +269,14 @@ fn measure(name: &str, cfg: &invited::config::Config, n: u64, runs: usize) {
                 let mut x = q(1, false);
                 x.kind = Some(Kind::Enrollment);
                 x.text = Some("reseller 99".into());
+                ok(app.records_page(&x)).records.len()
+            }),
+        ),
+        (
+            "records, text matching nothing",
+            Box::new(|| {
+                let mut x = q(1, false);
+                x.text = Some("no such partner".into());
                 ok(app.records_page(&x)).records.len()
             }),
         ),
