@@ -29,8 +29,9 @@
 //! invitation to `accepted` ([`is_confirmation`]). Declines and unsubscribes are not
 //! confirmations.
 //!
-//! **Records list.** Newest last change first, where the last change is the time of the record's
-//! last history entry (its creation if it has none, [`last_change`]); filtered by kind, state,
+//! **Records list.** Newest last change first (records changed in the same millisecond by id),
+//! where the last change is the time of the record's last history entry (its creation if it has
+//! none, [`last_change`]); filtered by kind, state,
 //! provider and a case-insensitive substring of the recipient's email or the company
 //! ([`ListEntry::matches`]).
 

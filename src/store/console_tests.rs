@@ -162,7 +162,9 @@ fn check_against_recount(store: &Store, step: usize) {
     );
     let mut all = ok(read.all_records());
     all.sort_by(|a, b| {
-        (funnel::last_change(b), b.id.to_string()).cmp(&(funnel::last_change(a), a.id.to_string()))
+        funnel::last_change(b)
+            .cmp(&funnel::last_change(a))
+            .then_with(|| a.id.to_string().cmp(&b.id.to_string()))
     });
     let page = ok(read.records_page(&RecordQuery {
         page: 1,

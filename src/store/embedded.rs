@@ -32,8 +32,8 @@ use super::{
 /// has none), which a format-3 binary could not read; and an invitation's reminder timer arms
 /// its expiry timer when it runs (one timer key where there were two), which a format-3 binary
 /// would not do. 5 adds what the staff console reads without a scan (`f/<provider>` the funnel
-/// counts, `y/<day>` the activity per day, `n/<last-change-ms>/<id>` the records by last
-/// change), kept by every record write: a format-4 binary would write records without keeping
+/// counts, `y/<day>` the activity per day, `n/<i64::MAX - last-change-ms>/<id>` the records
+/// newest change first), kept by every record write: a format-4 binary would write records without keeping
 /// them, and the counts would be wrong from then on.
 pub const FORMAT: u32 = 5;
 const FORMAT_KEY: &[u8] = b"k/format";
@@ -526,9 +526,12 @@ fn sent_key(at: &Timestamp, id: &str) -> String {
     format!("t/{}/{id}", ms_key(at))
 }
 
-/// A record's entry in the last-change index: `n/<last-change-ms>/<id>`.
+/// A record's entry in the last-change index: `n/<i64::MAX - last-change-ms>/<id>`, so the
+/// newest comes first in key order (sled walks forwards faster than backwards) and records
+/// changed in the same millisecond come by id.
 fn change_key(r: &Record) -> String {
-    format!("n/{}/{}", ms_key(&funnel::last_change(r)), r.id)
+    let ms = funnel::last_change(r).timestamp_millis().max(0);
+    format!("n/{:020}/{}", i64::MAX - ms, r.id)
 }
 
 impl<'a> Txn<'a> {
@@ -750,7 +753,8 @@ impl Txn<'_> {
         Ok(out)
     }
 
-    /// One page of the records list, walking the last-change index from the newest: entries
+    /// One page of the records list, walking the last-change index from the newest (ties by
+    /// id): entries
     /// are filtered on what the index keeps beside them (no record is read unless shown), and the
     /// walk stops once the page and one more match are found.
     pub fn records_page(&self, q: &RecordQuery) -> Result<RecordPage> {
@@ -763,9 +767,20 @@ impl Txn<'_> {
             page: q.page(),
             has_next: false,
         };
-        for kv in self.tree.scan_prefix(b"n/").rev() {
+        // Each filter's text stands in the entry's JSON as it is unless JSON escapes it: an entry
+        // without one of these cannot match and is passed over without being decoded.
+        let needles: Vec<&[u8]> = [q.provider.as_deref(), q.state.as_deref(), text.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|n| !n.is_empty() && !n.chars().any(|c| c == '"' || c == '\\' || c < ' '))
+            .map(str::as_bytes)
+            .collect();
+        for kv in self.tree.scan_prefix(b"n/") {
             let (k, v) = kv?;
-            if filtered && !decode::<ListEntry>(&k, &v)?.matches(q, text.as_deref()) {
+            if filtered
+                && (!needles.iter().all(|n| v.windows(n.len()).any(|w| w == *n))
+                    || !decode::<ListEntry>(&k, &v)?.matches(q, text.as_deref()))
+            {
                 continue;
             }
             if skip > 0 {
@@ -776,7 +791,7 @@ impl Txn<'_> {
                 page.has_next = true;
                 break;
             }
-            // n/<20-digit ms>/<id>
+            // n/<20 digits>/<id>
             let id = std::str::from_utf8(&k[23..]).ok().and_then(RecordId::parse);
             if let Some(r) = id.map(|id| self.record(&id)).transpose()?.flatten() {
                 page.records.push(r);

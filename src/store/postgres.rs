@@ -121,7 +121,7 @@ UPDATE records SET
     changed_ms = (extract(epoch FROM coalesce(body::jsonb -> 'history' -> -1 ->> 'at',
                                               body::jsonb ->> 'created_at')::timestamptz) * 1000)::bigint,
     company = coalesce(body::jsonb -> 'body' ->> 'company', '');
-CREATE INDEX records_changed ON records (changed_ms DESC, id COLLATE "C" DESC);
+CREATE INDEX records_changed ON records (changed_ms DESC, id COLLATE "C");
 CREATE INDEX records_provider_state_changed ON records (provider, state, changed_ms DESC);
 CREATE INDEX records_created ON records (created_ms) WHERE kind <> 'enrollment';
 CREATE INDEX records_funnel ON records (kind, provider, state, recipient);
@@ -1098,7 +1098,7 @@ impl Txn<'_> {
                AND ($3::text IS NULL OR provider = $3)
                AND ($4::text IS NULL OR strpos(lower(recipient), $4) > 0
                     OR strpos(lower(company), $4) > 0)
-             ORDER BY changed_ms DESC, id COLLATE \"C\" DESC
+             ORDER BY changed_ms DESC, id COLLATE \"C\"
              LIMIT $5 OFFSET $6",
             params![
                 q.kind.map(|k| k.as_str().to_string()),
