@@ -415,7 +415,9 @@ impl Txn<'_> {
         each!(self, t => t.record(id))
     }
     /// Writes a record and keeps its indexes: by recipient, by provider, customers by
-    /// authorization, and the one live authorization per (provider, email).
+    /// authorization, and the one live authorization per (provider, email); and what the
+    /// console reads (`crate::funnel`): on sled the kept funnel and day counts and the
+    /// last-change index, on PostgreSQL the `changed_ms` column and the record's confirmations.
     pub fn put_record(&mut self, r: &Record) -> Result<()> {
         each!(self, t => t.put_record(r))
     }
