@@ -919,12 +919,25 @@ impl Txn<'_> {
             Body::CustomerInvitation(c) => Some(c.authorization.to_string()),
             _ => None,
         };
+        // the record's confirmations go in with it, in the same statement (no round trip of
+        // their own); a set: those a previous write of the record put there stay as they are
+        let (mut seqs, mut ats) = (Vec::<i32>::new(), Vec::<i64>::new());
+        for (i, t) in r.history.iter().enumerate() {
+            if let Some(at) = funnel::entry_time(t).filter(|_| funnel::is_confirmation(t)) {
+                seqs.push(i as i32);
+                ats.push(ms(&at));
+            }
+        }
         self.execute(
-            "INSERT INTO records (id, kind, state, recipient, provider, authorization_id, live_key,
-               body, created_ms, changed_ms, company)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, live_key = EXCLUDED.live_key,
-               body = EXCLUDED.body, changed_ms = EXCLUDED.changed_ms",
+            "WITH record AS (
+               INSERT INTO records (id, kind, state, recipient, provider, authorization_id,
+                 live_key, body, created_ms, changed_ms, company)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+               ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, live_key = EXCLUDED.live_key,
+                 body = EXCLUDED.body, changed_ms = EXCLUDED.changed_ms)
+             INSERT INTO confirmations (record_id, seq, at_ms)
+             SELECT $1, s, a FROM unnest($12::integer[], $13::bigint[]) AS t(s, a)
+             ON CONFLICT DO NOTHING",
             params![
                 r.id.to_string(),
                 r.kind().as_str(),
@@ -936,25 +949,11 @@ impl Txn<'_> {
                 encode(r),
                 ms(&r.created_at),
                 ms(&funnel::last_change(r)),
-                r.company().to_string()
+                r.company().to_string(),
+                seqs,
+                ats
             ],
         )?;
-        // the record's confirmations (a set: those written before are there already)
-        let (mut seqs, mut ats) = (Vec::new(), Vec::new());
-        for (i, t) in r.history.iter().enumerate() {
-            if let Some(at) = funnel::entry_time(t).filter(|_| funnel::is_confirmation(t)) {
-                seqs.push(i as i32);
-                ats.push(ms(&at));
-            }
-        }
-        if !seqs.is_empty() {
-            self.execute(
-                "INSERT INTO confirmations (record_id, seq, at_ms)
-                 SELECT $1, s, a FROM unnest($2::integer[], $3::bigint[]) AS t(s, a)
-                 ON CONFLICT DO NOTHING",
-                params![r.id.to_string(), seqs, ats],
-            )?;
-        }
         Ok(())
     }
 
