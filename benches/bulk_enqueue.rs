@@ -43,37 +43,17 @@ fn main() {
         300
     };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let d = dir.path().display();
     let config = dir.path().join("invited.toml");
+    let store = format!("path = \"{}/store\"", dir.path().display());
     std::fs::write(
         &config,
-        format!(
-            r#"[store]
-path = "{d}/store"
-[http]
-listen = "127.0.0.1:0"
-public_url = "http://127.0.0.1:8080"
-[admin]
-socket = "{d}/admin.sock"
-[keys]
-active = "k1"
-files = {{ k1 = "{d}/k1.key" }}
-[mail]
-from = "Contoso Distribution <partners@invited.test>"
-reply_to = "replies@invited.test"
-[mail.outbound]
-transport = "file"
-dir = "{d}/outbox"
-[mail.inbound]
-source = "maildir"
-dir = "{d}/inbox"
-[[providers]]
+        invited::config::minimal_toml(dir.path(), &store)
+            + r#"[[providers]]
 id = "contoso-kr"
 name = "Contoso Distribution Korea"
 email = "ops@contoso.test"
 markets = ["KR"]
-"#
-        ),
+"#,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let cfg = invited::config::Config::load(&config).unwrap_or_else(|e| panic!("{e}"));

@@ -432,6 +432,35 @@ pub fn default_webmail_domains() -> Vec<String> {
 }
 
 /// `"30s"`, `"10m"`, `"2h"`, `"14d"`, `"500ms"`.
+/// The smallest daemon configuration with everything under `dir` (file transport, maildir
+/// inbound, one key `k1`), `store` being the `[store]` table's lines: for in-process benches and
+/// tests, which append their `[[providers]]`.
+pub fn minimal_toml(dir: &std::path::Path, store: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"[store]
+{store}
+[http]
+listen = "127.0.0.1:0"
+public_url = "http://127.0.0.1:8080"
+[admin]
+socket = "{d}/admin.sock"
+[keys]
+active = "k1"
+files = {{ k1 = "{d}/k1.key" }}
+[mail]
+from = "Contoso Distribution <partners@invited.test>"
+reply_to = "replies@invited.test"
+[mail.outbound]
+transport = "file"
+dir = "{d}/outbox"
+[mail.inbound]
+source = "maildir"
+dir = "{d}/inbox"
+"#
+    )
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s

@@ -616,8 +616,8 @@ const BAR_MAX: f64 = 360.0;
 /// One provider's funnel: the table cells carry `data-provider`/`data-stage` (DESIGN), the SVG
 /// draws each stage as a bar with its number written on it.
 fn funnel_view(t: &Value, id: &str, name: &str, f: &Value) -> Value {
-    let stages = crate::app::FUNNEL_STAGES;
-    let current = crate::app::FUNNEL_CURRENT;
+    let stages = crate::funnel::STAGES;
+    let current = crate::funnel::CURRENT;
     let counts: Vec<u64> = (0..stages.len())
         .map(|i| f["stages"][i].as_u64().unwrap_or(0))
         .collect();
@@ -910,7 +910,7 @@ async fn records(
         .and_then(|p| p.parse().ok())
         .filter(|p| *p >= 1)
         .unwrap_or(1);
-    let query = crate::app::RecordQuery {
+    let query = crate::funnel::RecordQuery {
         kind: Some(kind),
         state: state.clone(),
         provider: provider.clone(),
@@ -1576,9 +1576,9 @@ mod tests {
             assert!(seen.insert(*k), "{k} twice");
             assert!(!en.is_empty() && !ko.is_empty(), "{k}");
         }
-        for s in crate::app::FUNNEL_STAGES
+        for s in crate::funnel::STAGES
             .iter()
-            .chain(crate::app::FUNNEL_CURRENT.iter())
+            .chain(crate::funnel::CURRENT.iter())
         {
             assert!(seen.contains(format!("stage_{s}").as_str()), "stage_{s}");
         }

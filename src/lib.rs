@@ -11,6 +11,7 @@ pub mod console;
 pub mod daemon;
 pub mod dkim;
 pub mod export;
+pub mod funnel;
 pub mod http;
 pub mod imap;
 pub mod listener;

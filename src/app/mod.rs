@@ -2,7 +2,7 @@
 //! remind. Each operation is one store batch (state change + the mail it causes) and is flushed
 //! before its caller answers. No I/O other than the store; the clock comes in as `now`.
 
-mod console_interim;
+mod console_queries;
 mod inbound;
 mod links;
 mod onboarding;
@@ -11,14 +11,11 @@ mod retention;
 mod sending;
 mod staff;
 
-pub use console_interim::{
-    DayCount, ProviderFunnel, RecordPage, RecordQuery, FUNNEL_CURRENT, FUNNEL_STAGES,
-};
-pub use staff::SignedIn;
 mod suppression;
 mod timers;
 
 pub use inbound::Inbound;
+pub use staff::SignedIn;
 pub use suppression::{suppression_json, UnsubscribeCheck, UnsubscribeOutcome};
 
 use std::sync::{Arc, RwLock};

@@ -5,6 +5,11 @@ use super::*;
 impl App {
     // ---- admin: records ------------------------------------------------------------------
 
+    /// One record as it is now (the console's record page).
+    pub fn record(&self, id: &RecordId) -> Result<Option<Record>> {
+        Ok(self.store.read().record(id)?)
+    }
+
     pub fn show(&self, id: &str) -> Result<Value> {
         let id = parse_id(id)?;
         let rec = self

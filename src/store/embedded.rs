@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::funnel::{self, DayCount, ListEntry, ProviderFunnel, RecordPage, RecordQuery, Share};
 use crate::model::{Body, Email, Record, RecordId, Timestamp};
 use crate::outbox::OutboxItem;
 use crate::staff::{Session, Staff};
@@ -31,8 +32,11 @@ use super::{
 /// message is one key fewer; and an outbox item leaves out empty template fields (a sent item
 /// has none), which a format-3 binary could not read; and an invitation's reminder timer arms
 /// its expiry timer when it runs (one timer key where there were two), which a format-3 binary
-/// would not do.
-pub const FORMAT: u32 = 4;
+/// would not do. 5 adds what the staff console reads without a scan (`f/<provider>` the funnel
+/// counts, `y/<day>` the activity per day, `n/<i64::MAX - last-change-ms>/<id>` the records
+/// newest change first), kept by every record write: a format-4 binary would write records without keeping
+/// them, and the counts would be wrong from then on.
+pub const FORMAT: u32 = 5;
 const FORMAT_KEY: &[u8] = b"k/format";
 
 #[derive(Clone)]
@@ -273,10 +277,14 @@ impl Store {
         }
         // 1 → 2: nothing in the layout changed; the store gets its mark. 2 → 3: the suppression
         // list is new and starts empty; nothing to convert. 3 → 4: the reply references go
-        // (`drop_message_refs`). Later formats add their steps here, in order; each step can run
+        // (`drop_message_refs`). 4 → 5: the console's counts and last-change index are built
+        // (`build_console_counts`). Later formats add their steps here, in order; each step can run
         // again if a stop interrupts it (the mark is written last).
         if found < 4 {
             self.drop_message_refs()?;
+        }
+        if found < 5 {
+            self.build_console_counts()?;
         }
         self.tree
             .insert(FORMAT_KEY, FORMAT.to_string().as_bytes())?;
@@ -314,6 +322,50 @@ impl Store {
             tracing::info!(
                 refs = n,
                 "store: reply references folded into their outbox items"
+            );
+        }
+        Ok(())
+    }
+
+    /// Format 4 → 5: the console's counts and last-change index from the records. Whatever a
+    /// stopped earlier run left of them goes first (the format mark comes only after this), then
+    /// one pass over the records writes the index entries in batches of 1,000 and the counts at
+    /// the end.
+    fn build_console_counts(&self) -> Result<()> {
+        for prefix in [&b"n/"[..], b"f/", b"y/"] {
+            let mut batch = sled::Batch::default();
+            for (i, k) in self.tree.scan_prefix(prefix).keys().enumerate() {
+                batch.remove(k?);
+                if (i + 1).is_multiple_of(1000) {
+                    self.tree.apply_batch(std::mem::take(&mut batch))?;
+                }
+            }
+            self.tree.apply_batch(batch)?;
+        }
+        let mut recount = funnel::Recount::default();
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        for kv in self.tree.scan_prefix(b"r/") {
+            let (k, v) = kv?;
+            let r: Record = decode(&k, &v)?;
+            recount.add(&r);
+            batch.insert(change_key(&r).into_bytes(), encode(&ListEntry::of(&r)));
+            n += 1;
+            if n.is_multiple_of(1000) {
+                self.tree.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        for f in recount.funnel() {
+            batch.insert(format!("f/{}", f.provider).into_bytes(), encode(&f));
+        }
+        for d in recount.days() {
+            batch.insert(format!("y/{}", d.date).into_bytes(), encode(&d));
+        }
+        self.tree.apply_batch(batch)?;
+        if n > 0 {
+            tracing::info!(
+                records = n,
+                "store: console counts and last-change index built"
             );
         }
         Ok(())
@@ -475,6 +527,14 @@ fn sent_key(at: &Timestamp, id: &str) -> String {
     format!("t/{}/{id}", ms_key(at))
 }
 
+/// A record's entry in the last-change index: `n/<i64::MAX - last-change-ms>/<id>`, so the
+/// newest comes first in key order (sled walks forwards faster than backwards) and records
+/// changed in the same millisecond come by id.
+fn change_key(r: &Record) -> String {
+    let ms = funnel::last_change(r).timestamp_millis().max(0);
+    format!("n/{:020}/{}", i64::MAX - ms, r.id)
+}
+
 impl<'a> Txn<'a> {
     fn new(tree: &'a sled::Tree) -> Txn<'a> {
         Txn {
@@ -533,17 +593,20 @@ impl Txn<'_> {
     /// authorization per (provider, email).
     pub fn put_record(&mut self, r: &Record) -> Result<()> {
         let key = format!("r/{}", r.id);
-        let new = self.get(key.as_bytes())?.is_none();
-        self.write_record(r, key, new)
+        // the copy it replaces: its last-change key goes, and the counts move from it to `r`
+        let old = self.get_json::<Record>(key.as_bytes())?;
+        self.write_record(r, key, old.as_ref())
     }
 
     /// [`put_record`](Self::put_record) for a record made in this batch (`Record::new`: a fresh
     /// random id), without looking for an older copy: a bulk CSV writes 100,000 of these.
     pub fn put_new_record(&mut self, r: &Record) -> Result<()> {
-        self.write_record(r, format!("r/{}", r.id), true)
+        self.write_record(r, format!("r/{}", r.id), None)
     }
 
-    fn write_record(&mut self, r: &Record, key: String, new: bool) -> Result<()> {
+    fn write_record(&mut self, r: &Record, key: String, old: Option<&Record>) -> Result<()> {
+        let new = old.is_none();
+        self.keep_console(old, r)?;
         if new {
             self.insert(format!("e/{}/{}", r.recipient(), r.id), Vec::new());
             if let Some(p) = r.provider() {
@@ -568,6 +631,174 @@ impl Txn<'_> {
         }
         self.insert(key, encode(r));
         Ok(())
+    }
+
+    // ---- the console's counts and last-change index (format 5) ------------------------------
+
+    /// Keeps what the console reads as `old` becomes `r` (None: a new record), in this batch:
+    /// the record's last-change entry (`n/`), the days (`y/`) and the funnel counts (`f/`).
+    fn keep_console(&mut self, old: Option<&Record>, r: &Record) -> Result<()> {
+        if let Some(o) = old {
+            self.remove(change_key(o));
+        }
+        self.insert(change_key(r), encode(&ListEntry::of(r)));
+        for (day, invitations, confirmations) in funnel::activity_delta(old, r) {
+            let key = format!("y/{day}");
+            let mut d = self
+                .get_json::<DayCount>(key.as_bytes())?
+                .unwrap_or_else(|| DayCount {
+                    date: day,
+                    ..DayCount::default()
+                });
+            d.invitations += invitations;
+            d.confirmations += confirmations;
+            self.insert(key, encode(&d));
+        }
+        match &r.body {
+            Body::ProviderAuthorization(a) => {
+                let was = old.and_then(Record::authorization).map(|o| o.state);
+                if was == Some(a.state) {
+                    return Ok(());
+                }
+                let rank = self.enrollment_rank(&a.email, None)?;
+                self.tally(
+                    &a.provider,
+                    was.map(|s| Share::of(s, rank)),
+                    Some(Share::of(a.state, rank)),
+                )?;
+            }
+            Body::Enrollment(e) => {
+                let was = old
+                    .and_then(Record::enrollment)
+                    .map_or(0, |o| funnel::enrollment_rank(o.state));
+                let now = funnel::enrollment_rank(e.state);
+                if was == now {
+                    return Ok(());
+                }
+                // the address's best enrollment before and after: its invitations move with it
+                let email = &e.primary_contact.email;
+                let others = self.enrollment_rank(email, Some(&r.id))?;
+                let (before, after) = (others.max(was), others.max(now));
+                if before == after {
+                    return Ok(());
+                }
+                for inv in self.records_for_recipient(email)? {
+                    if let Body::ProviderAuthorization(a) = &inv.body {
+                        self.tally(
+                            &a.provider,
+                            Some(Share::of(a.state, before)),
+                            Some(Share::of(a.state, after)),
+                        )?;
+                    }
+                }
+            }
+            Body::CustomerInvitation(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The best [`funnel::enrollment_rank`] of the enrollments for `email` (0: none), leaving
+    /// out `except`.
+    fn enrollment_rank(&self, email: &Email, except: Option<&RecordId>) -> Result<u8> {
+        let mut rank = 0;
+        for r in self.records_for_recipient(email)? {
+            if let Body::Enrollment(e) = &r.body {
+                if Some(&r.id) != except {
+                    rank = rank.max(funnel::enrollment_rank(e.state));
+                }
+            }
+        }
+        Ok(rank)
+    }
+
+    /// Moves one invitation in its provider's funnel counts: `remove` taken out, `add` put in.
+    fn tally(&mut self, provider: &str, remove: Option<Share>, add: Option<Share>) -> Result<()> {
+        let key = format!("f/{provider}");
+        let mut f = self
+            .get_json::<ProviderFunnel>(key.as_bytes())?
+            .unwrap_or_else(|| ProviderFunnel {
+                provider: provider.to_string(),
+                ..ProviderFunnel::default()
+            });
+        if let Some(s) = remove {
+            f.remove(s);
+        }
+        if let Some(s) = add {
+            f.add(s);
+        }
+        self.insert(key, encode(&f));
+        Ok(())
+    }
+
+    /// The kept funnel counts of every provider with invitations, by provider id.
+    pub fn funnel(&self) -> Result<Vec<ProviderFunnel>> {
+        let mut out = Vec::new();
+        for (k, v) in self.scan(b"f/")? {
+            let f: ProviderFunnel = decode(&k, &v)?;
+            if !f.is_empty() {
+                out.push(f);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The kept counts of the days from `first` on, oldest first; days without any are left
+    /// out.
+    pub fn days_since(&self, first: chrono::NaiveDate) -> Result<Vec<DayCount>> {
+        let start = format!("y/{}", first.format("%Y-%m-%d"));
+        let mut out = Vec::new();
+        for kv in self.tree.range(start.into_bytes()..b"y0".to_vec()) {
+            let (k, v) = kv?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// One page of the records list, walking the last-change index from the newest (ties by
+    /// id): entries
+    /// are filtered on what the index keeps beside them (no record is read unless shown), and the
+    /// walk stops once the page and one more match are found.
+    pub fn records_page(&self, q: &RecordQuery) -> Result<RecordPage> {
+        let text = q.text_lower();
+        let filtered =
+            q.kind.is_some() || q.state.is_some() || q.provider.is_some() || text.is_some();
+        let (mut skip, per_page) = (q.skip(), q.per_page());
+        let mut page = RecordPage {
+            records: Vec::with_capacity(per_page),
+            page: q.page(),
+            has_next: false,
+        };
+        // Each filter's text stands in the entry's JSON as it is unless JSON escapes it: an entry
+        // without one of these cannot match and is passed over without being decoded.
+        let needles: Vec<&[u8]> = [q.provider.as_deref(), q.state.as_deref(), text.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|n| !n.is_empty() && !n.chars().any(|c| c == '"' || c == '\\' || c < ' '))
+            .map(str::as_bytes)
+            .collect();
+        for kv in self.tree.scan_prefix(b"n/") {
+            let (k, v) = kv?;
+            if filtered
+                && (!needles.iter().all(|n| v.windows(n.len()).any(|w| w == *n))
+                    || !decode::<ListEntry>(&k, &v)?.matches(q, text.as_deref()))
+            {
+                continue;
+            }
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            if page.records.len() == per_page {
+                page.has_next = true;
+                break;
+            }
+            // n/<20 digits>/<id>
+            let id = std::str::from_utf8(&k[23..]).ok().and_then(RecordId::parse);
+            if let Some(r) = id.map(|id| self.record(&id)).transpose()?.flatten() {
+                page.records.push(r);
+            }
+        }
+        Ok(page)
     }
 
     /// Adds a queued message's Message-ID to the record's latest history entry (the change that
@@ -1390,7 +1621,8 @@ mod tests {
 
     /// Format 3 → 4: a reference whose outbox item is there goes (the item answers for it), one
     /// without its item stays and is still read; a format-3 item (empty fields written out)
-    /// reads as before; a 4 item leaves its empty fields out; the mark says 4; once.
+    /// reads as before; a 4 item leaves its empty fields out; the mark says the current format
+    /// (the later steps ran too); once.
     #[test]
     fn a_format_3_store_loses_its_reply_references_to_the_outbox_items() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -1442,7 +1674,7 @@ mod tests {
         let read = store.read();
         assert_eq!(
             read.get(b"k/format").unwrap_or_default(),
-            Some(b"4".to_vec())
+            Some(FORMAT.to_string().into_bytes())
         );
         assert!(read.get(b"m/linked").unwrap_or_default().is_none());
         let m = read
@@ -1474,5 +1706,93 @@ mod tests {
             .message_ref("orphan")
             .unwrap_or_default()
             .is_some());
+    }
+
+    /// Format 4 → 5: a store written without the console's counts and last-change index gets
+    /// them on open, equal to what a format-5 store kept (and to a recount); the mark says 5.
+    #[test]
+    fn a_format_4_store_gets_the_console_counts_and_index() {
+        use crate::funnel::RecordQuery;
+        use crate::model::Channel;
+        use crate::store::console_tests::{enrollment, invitation};
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let at = Utc
+            .with_ymd_and_hms(2026, 11, 1, 12, 0, 0)
+            .single()
+            .unwrap_or_else(|| panic!("time"));
+        let all = RecordQuery {
+            page: 1,
+            per_page: 100,
+            ..RecordQuery::default()
+        };
+        let kept = {
+            let store = super::super::Store::Sled(open(dir.path()));
+            let mut e = enrollment("kim@fabrikam.test", "Fabrikam", at);
+            let mut a = invitation("contoso-kr", "kim@fabrikam.test", "Fabrikam", at);
+            let b = invitation("contoso-jp", "lee@adatum.test", "Adatum", at);
+            store
+                .write(|txn| -> Result<()> {
+                    for r in [&e, &a, &b] {
+                        txn.put_new_record(r)?;
+                    }
+                    Ok(())
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+            let later = at + chrono::Duration::hours(1);
+            let _effects = e.verify_contact(Channel::Link, later);
+            let _effects = a.authorize(e.id, Channel::Reply, later + chrono::Duration::days(1));
+            store
+                .write(|txn| -> Result<()> {
+                    txn.put_record(&e)?;
+                    txn.put_record(&a)
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+            let read = store.read();
+            let kept = (
+                read.funnel().unwrap_or_default(),
+                read.days_since(at.date_naive()).unwrap_or_default(),
+                read.records_page(&all)
+                    .map(|p| p.records.iter().map(|r| r.id).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            );
+            assert_eq!(kept.0.len(), 2);
+            assert_eq!(kept.0[1].stages, [1, 1, 1, 1, 1, 1], "{:?}", kept.0);
+            assert_eq!(kept.0[0].stages, [1, 0, 0, 0, 0, 0], "{:?}", kept.0);
+            assert_eq!(kept.1.len(), 2, "{:?}", kept.1);
+            assert_eq!(kept.2, vec![a.id, e.id, b.id]);
+            // as a format-4 binary left it: no console keys, mark 4
+            let super::super::Store::Sled(s) = &store else {
+                panic!("sled")
+            };
+            for prefix in [&b"n/"[..], b"f/", b"y/"] {
+                for k in s.tree.scan_prefix(prefix).keys() {
+                    s.tree
+                        .remove(k.unwrap_or_else(|e| panic!("{e}")))
+                        .unwrap_or_else(|e| panic!("{e}"));
+                }
+            }
+            s.tree
+                .insert(FORMAT_KEY, b"4".to_vec())
+                .unwrap_or_else(|e| panic!("{e}"));
+            s.flush_blocking().unwrap_or_else(|e| panic!("{e}"));
+            assert!(read.funnel().unwrap_or_default().is_empty());
+            kept
+        };
+        let store = super::super::Store::Sled(open(dir.path()));
+        let read = store.read();
+        let super::super::Txn::Sled(raw) = &read else {
+            panic!("sled")
+        };
+        assert_eq!(
+            raw.get(b"k/format").unwrap_or_default(),
+            Some(b"5".to_vec())
+        );
+        assert_eq!(read.funnel().unwrap_or_default(), kept.0);
+        assert_eq!(read.days_since(at.date_naive()).unwrap_or_default(), kept.1);
+        let listed = read
+            .records_page(&all)
+            .map(|p| p.records.iter().map(|r| r.id).collect::<Vec<_>>())
+            .unwrap_or_default();
+        assert_eq!(listed, kept.2);
     }
 }

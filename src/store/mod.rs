@@ -9,6 +9,8 @@
 //! A write is `store.write(|txn| ...)`: the closure's reads see its own writes, and everything it
 //! wrote lands at once if it returns `Ok` (a sled batch; a PostgreSQL transaction), or not at all.
 
+#[cfg(test)]
+mod console_tests;
 mod copy;
 mod embedded;
 mod postgres;
@@ -19,6 +21,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::funnel::{DayCount, ProviderFunnel, RecordPage, RecordQuery};
 use crate::model::{Channel, Email, Purpose, Record, RecordId, Timestamp};
 use crate::outbox::OutboxItem;
 use crate::staff::{Session, Staff};
@@ -413,7 +416,9 @@ impl Txn<'_> {
         each!(self, t => t.record(id))
     }
     /// Writes a record and keeps its indexes: by recipient, by provider, customers by
-    /// authorization, and the one live authorization per (provider, email).
+    /// authorization, and the one live authorization per (provider, email); and what the
+    /// console reads (`crate::funnel`): on sled the kept funnel and day counts and the
+    /// last-change index, on PostgreSQL the `changed_ms` column and the record's confirmations.
     pub fn put_record(&mut self, r: &Record) -> Result<()> {
         each!(self, t => t.put_record(r))
     }
@@ -549,6 +554,20 @@ impl Txn<'_> {
     }
     pub fn set_meta(&mut self, name: &str, value: &str) {
         each!(self, t => t.set_meta(name, value))
+    }
+    /// The funnel of every provider with invitations, by provider id (`crate::funnel`): kept
+    /// counts on sled, one aggregate on PostgreSQL.
+    pub fn funnel(&self) -> Result<Vec<ProviderFunnel>> {
+        each!(self, t => t.funnel())
+    }
+    /// The invitations and confirmations of each UTC day from `first` on, oldest first; days
+    /// without any are left out.
+    pub fn days_since(&self, first: chrono::NaiveDate) -> Result<Vec<DayCount>> {
+        each!(self, t => t.days_since(first))
+    }
+    /// One page of the records list, newest last change first, from the last-change index.
+    pub fn records_page(&self, q: &RecordQuery) -> Result<RecordPage> {
+        each!(self, t => t.records_page(q))
     }
     /// `store copy`: a legacy reply reference, as it was.
     pub fn put_ref(&mut self, reference: &str, m: &MessageRef) {

@@ -31,6 +31,7 @@ use tokio_postgres::Row;
 use super::{
     off_runtime, DueTimer, InboundRecord, MessageRef, Result, StoreError, Suppression, TimerKind,
 };
+use crate::funnel::{self, DayCount, ProviderFunnel, RecordPage, RecordQuery};
 use crate::model::{Body, Email, Record, RecordId, Timestamp};
 use crate::outbox::{OutboxItem, OutboxState};
 use crate::staff::{Session, Staff};
@@ -38,7 +39,7 @@ use crate::staff::{Session, Staff};
 /// The schema this binary writes, recorded in `invited_schema`. Migrations are applied on start
 /// in order, each in its own transaction with the version row; a database with a newer version is
 /// refused.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 const MIGRATIONS: &[(i32, &str)] = &[
     (
@@ -116,7 +117,44 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_staff ON sessions (staff);
 "#,
     ),
+    // `migrate` applies every migration the database lacks, by version (2 and 3 were made side by
+    // side: a database that got 3 first still gets 2)
+    (3, MIGRATION_3_CONSOLE),
 ];
+
+/// Migration 3: what the staff console reads without a scan. Columns `created_ms` (activity),
+/// `changed_ms` (the last change: the last history entry's time, `funnel::last_change`) and
+/// `company` (the records list's search), filled from the stored records; indexes for the
+/// records list by last change (with provider and state) and for the funnel's aggregate; and
+/// `confirmations`, one row per history entry that is a confirmation (`funnel::is_confirmation`),
+/// filled from the histories, so the days count confirmations without reading records.
+const MIGRATION_3_CONSOLE: &str = r#"
+ALTER TABLE records ADD COLUMN created_ms bigint, ADD COLUMN changed_ms bigint,
+    ADD COLUMN company text;
+UPDATE records SET
+    created_ms = (extract(epoch FROM (body::jsonb ->> 'created_at')::timestamptz) * 1000)::bigint,
+    changed_ms = (extract(epoch FROM coalesce(body::jsonb -> 'history' -> -1 ->> 'at',
+                                              body::jsonb ->> 'created_at')::timestamptz) * 1000)::bigint,
+    company = coalesce(body::jsonb -> 'body' ->> 'company', '');
+CREATE INDEX records_changed ON records (changed_ms DESC, id COLLATE "C");
+CREATE INDEX records_provider_state_changed ON records (provider, state, changed_ms DESC);
+CREATE INDEX records_created ON records (created_ms) WHERE kind <> 'enrollment';
+CREATE INDEX records_funnel ON records (kind, provider, state, recipient);
+CREATE TABLE confirmations (
+    record_id text NOT NULL,
+    -- the entry's place in the record's history (from 0)
+    seq integer NOT NULL,
+    at_ms bigint NOT NULL,
+    PRIMARY KEY (record_id, seq)
+);
+CREATE INDEX confirmations_at ON confirmations (at_ms);
+INSERT INTO confirmations (record_id, seq, at_ms)
+SELECT r.id, (h.n - 1)::integer,
+       (extract(epoch FROM (h.e ->> 'at')::timestamptz) * 1000)::bigint
+FROM records r, jsonb_array_elements(r.body::jsonb -> 'history') WITH ORDINALITY AS h(e, n)
+WHERE h.e ->> 'channel' IN ('link', 'reply') AND h.e ->> 'from' <> h.e ->> 'to'
+  AND h.e ->> 'to' IN ('in_review', 'active', 'authorized', 'accepted');
+"#;
 
 /// Held by every daemon that migrates: one migrates, the others wait and find it done.
 const MIGRATION_LOCK: i64 = 0x696e_7669_7465_6400; // "invited\0"
@@ -425,17 +463,22 @@ impl Store {
             )
             .await
             .map_err(|e| pg_err("creating invited_schema", e))?;
-            let row = t
-                .query_one("SELECT coalesce(max(version), 0) FROM invited_schema", &[])
+            let applied: Vec<i32> = t
+                .query("SELECT version FROM invited_schema", &[])
                 .await
-                .map_err(|e| pg_err("reading the schema version", e))?;
-            let found: i32 = row.get(0);
+                .map_err(|e| pg_err("reading the schema version", e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let found = applied.iter().copied().max().unwrap_or(0);
             if found > SCHEMA_VERSION {
                 return Err(StoreError::TooNew {
                     found: found as u32,
                 });
             }
-            for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+            // every migration the database lacks, in order (not only those above its highest:
+            // migrations made on two branches at once may land in either order)
+            for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| !applied.contains(v)) {
                 t.batch_execute(sql)
                     .await
                     .map_err(|e| pg_err(&format!("schema migration {version}"), e))?;
@@ -891,11 +934,25 @@ impl Txn<'_> {
             Body::CustomerInvitation(c) => Some(c.authorization.to_string()),
             _ => None,
         };
+        // the record's confirmations go in with it, in the same statement (no round trip of
+        // their own); a set: those a previous write of the record put there stay as they are
+        let (mut seqs, mut ats) = (Vec::<i32>::new(), Vec::<i64>::new());
+        for (i, t) in r.history.iter().enumerate() {
+            if let Some(at) = funnel::entry_time(t).filter(|_| funnel::is_confirmation(t)) {
+                seqs.push(i as i32);
+                ats.push(ms(&at));
+            }
+        }
         self.execute(
-            "INSERT INTO records (id, kind, state, recipient, provider, authorization_id, live_key, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, live_key = EXCLUDED.live_key,
-               body = EXCLUDED.body",
+            "WITH record AS (
+               INSERT INTO records (id, kind, state, recipient, provider, authorization_id,
+                 live_key, body, created_ms, changed_ms, company)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+               ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, live_key = EXCLUDED.live_key,
+                 body = EXCLUDED.body, changed_ms = EXCLUDED.changed_ms)
+             INSERT INTO confirmations (record_id, seq, at_ms)
+             SELECT $1, s, a FROM unnest($12::integer[], $13::bigint[]) AS t(s, a)
+             ON CONFLICT DO NOTHING",
             params![
                 r.id.to_string(),
                 r.kind().as_str(),
@@ -904,7 +961,12 @@ impl Txn<'_> {
                 r.provider().map(str::to_string),
                 authorization,
                 live_key(r),
-                encode(r)
+                encode(r),
+                ms(&r.created_at),
+                ms(&funnel::last_change(r)),
+                r.company().to_string(),
+                seqs,
+                ats
             ],
         )?;
         Ok(())
@@ -961,6 +1023,114 @@ impl Txn<'_> {
 
     pub fn all_records(&self) -> Result<Vec<Record>> {
         records(self.query("SELECT body FROM records ORDER BY id", params![])?)
+    }
+
+    // ---- the console's queries -------------------------------------------------------------
+
+    /// The funnel in one aggregate over the invitations (an index-only scan of
+    /// `records_funnel`), each joined to its address's best enrollment. The ranks and levels
+    /// are `funnel::enrollment_rank` and `funnel::level` said in SQL.
+    pub fn funnel(&self) -> Result<Vec<ProviderFunnel>> {
+        let rows = self.query(
+            "SELECT a.provider, CASE WHEN a.state = 'authorized' THEN 5 ELSE coalesce(e.rank, 0) END,
+                    a.state, count(*)
+             FROM records a
+             LEFT JOIN (SELECT recipient, max(CASE state WHEN 'in_review' THEN 2 WHEN 'rejected' THEN 2 WHEN 'approved' THEN 3
+                                                          WHEN 'active' THEN 4 ELSE 1 END) AS rank
+                        FROM records WHERE kind = 'enrollment' GROUP BY recipient) e
+               ON e.recipient = a.recipient
+             WHERE a.kind = 'provider_authorization'
+             GROUP BY 1, 2, 3",
+            params![],
+        )?;
+        let mut by: std::collections::BTreeMap<String, ProviderFunnel> = Default::default();
+        for row in &rows {
+            let provider: Option<String> = row.get(0);
+            let level: i32 = row.get(1);
+            let Some(state) = crate::model::AuthorizationState::parse(row.get(2)) else {
+                continue;
+            };
+            let n: i64 = row.get(3);
+            let provider = provider.unwrap_or_default();
+            by.entry(provider.clone())
+                .or_insert_with(|| ProviderFunnel {
+                    provider,
+                    ..ProviderFunnel::default()
+                })
+                .add_n(
+                    funnel::Share {
+                        level: level.clamp(0, 5) as usize,
+                        current: funnel::current_index(state),
+                    },
+                    n.max(0) as u64,
+                );
+        }
+        Ok(by.into_values().collect())
+    }
+
+    /// Invitations by creation day (`records_created`) and confirmations by day
+    /// (`confirmations_at`), from `first` on.
+    pub fn days_since(&self, first: chrono::NaiveDate) -> Result<Vec<DayCount>> {
+        const DAY_MS: i64 = 86_400_000;
+        let since = first
+            .and_hms_opt(0, 0, 0)
+            .map_or(0, |t| t.and_utc().timestamp_millis());
+        let mut days: std::collections::BTreeMap<i64, (u64, u64)> = Default::default();
+        for row in self.query(
+            "SELECT created_ms / 86400000, count(*) FROM records
+             WHERE kind <> 'enrollment' AND created_ms >= $1 GROUP BY 1",
+            params![since],
+        )? {
+            days.entry(row.get(0)).or_default().0 = row.get::<_, i64>(1).max(0) as u64;
+        }
+        for row in self.query(
+            "SELECT at_ms / 86400000, count(*) FROM confirmations WHERE at_ms >= $1 GROUP BY 1",
+            params![since],
+        )? {
+            days.entry(row.get(0)).or_default().1 = row.get::<_, i64>(1).max(0) as u64;
+        }
+        Ok(days
+            .into_iter()
+            .filter_map(|(d, (invitations, confirmations))| {
+                let date = chrono::DateTime::from_timestamp_millis(d * DAY_MS)?;
+                Some(DayCount {
+                    date: funnel::day_of(&date),
+                    invitations,
+                    confirmations,
+                })
+            })
+            .collect())
+    }
+
+    /// One page of the records list: the filters in SQL, newest `changed_ms` first (index
+    /// `records_changed`, or `records_provider_state_changed` with a provider and a state).
+    pub fn records_page(&self, q: &RecordQuery) -> Result<RecordPage> {
+        let per_page = q.per_page();
+        let rows = self.query(
+            "SELECT body FROM records
+             WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR state = $2)
+               AND ($3::text IS NULL OR provider = $3)
+               AND ($4::text IS NULL OR strpos(lower(recipient), $4) > 0
+                    OR strpos(lower(company), $4) > 0)
+             ORDER BY changed_ms DESC, id COLLATE \"C\"
+             LIMIT $5 OFFSET $6",
+            params![
+                q.kind.map(|k| k.as_str().to_string()),
+                q.state.clone(),
+                q.provider.clone(),
+                q.text_lower(),
+                per_page as i64 + 1,
+                q.skip().min(i64::MAX as usize) as i64
+            ],
+        )?;
+        let mut records = records(rows)?;
+        let has_next = records.len() > per_page;
+        records.truncate(per_page);
+        Ok(RecordPage {
+            records,
+            page: q.page(),
+            has_next,
+        })
     }
 
     // ---- outbox --------------------------------------------------------------------------
