@@ -34,8 +34,10 @@ use crate::throttle::{self, Throttle};
 const SESSION_COOKIE: &str = "invited_console";
 const LOGIN_COOKIE: &str = "invited_console_login";
 const LANG_COOKIE: &str = "invited_console_lang";
-/// An uploaded CSV may be this large (a 100,000-row file is about 6 MiB).
+/// An uploaded CSV may be this large (a 100,000-row file is about 6 MiB); only /invite takes it.
 const UPLOAD_LIMIT: usize = 16 * 1024 * 1024;
+/// Every other form (sign-in, a rejection's reason) is small.
+const FORM_LIMIT: usize = 64 * 1024;
 pub const PER_PAGE: usize = 50;
 /// Invite reports kept for their 303 → GET (per daemon, the newest).
 const REPORTS_KEPT: usize = 64;
@@ -72,7 +74,12 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/", get(overview))
-        .route("/invite", get(invite_page).post(invite))
+        .route(
+            "/invite",
+            get(invite_page)
+                .post(invite)
+                .layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+        )
         .route("/records", get(records))
         .route("/records/{id}", get(record_page))
         .route("/records/{id}/{op}", get(confirm_page).post(record_action))
@@ -84,7 +91,7 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         .route("/export.csv", get(export))
         .route("/assets/console.css", get(style))
         .fallback(fallback)
-        .layer(DefaultBodyLimit::max(UPLOAD_LIMIT))
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
         .layer(axum::middleware::map_response(
             crate::http::security_headers,
         ))

@@ -423,3 +423,66 @@ fn record_actions_need_admin_confirmation_and_land_in_history() {
         400
     );
 }
+
+#[test]
+fn an_upload_may_be_large_other_forms_may_not() {
+    let d = daemon("listen = \"127.0.0.1:0\"");
+    let mut admin = Client::new(&d);
+    assert_eq!(admin.sign_in(ADMIN, PW).status, 303);
+    let token = admin.csrf("/invite");
+    // 3,000 rows, about 140 KiB: more than any other form may send
+    let mut csv = String::from("email,company,country\n");
+    for i in 0..3000 {
+        csv.push_str(&format!(
+            "reseller{i:05}@fabrikam.test,Fabrikam Korea Branch {i:05} Ltd.,KR\n"
+        ));
+    }
+    assert!(csv.len() > 128 * 1024);
+    let boundary = "----invitedtestboundary";
+    let part = |name: &str, extra: &str, value: &str| {
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"{extra}\r\n\r\n{value}\r\n")
+    };
+    let body = format!(
+        "{}{}{}--{boundary}--\r\n",
+        part("csrf", "", &token),
+        part("provider", "", "contoso-kr"),
+        part(
+            "csv",
+            "; filename=\"r.csv\"\r\nContent-Type: text/csv",
+            &csv
+        ),
+    );
+    let cookie: Vec<String> = admin
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let ctype = format!("multipart/form-data; boundary={boundary}");
+    let r = http_with(
+        &admin.addr,
+        "POST",
+        "/invite",
+        &[("Cookie", &cookie.join("; ")), ("Content-Type", &ctype)],
+        Some(&body),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let report = admin.get(r.header("location").unwrap_or("/invite"));
+    assert!(
+        report.body.contains("id=\"report-queued\">3000<"),
+        "{}",
+        report.body.len()
+    );
+    assert_eq!(
+        d.json(&["list", "invitations"]).as_array().map(Vec::len),
+        Some(3000)
+    );
+    // the sign-in form with as much: refused before it is read
+    let big = "x".repeat(140 * 1024);
+    let mut anon = Client::new(&d);
+    let t = anon.csrf("/login");
+    let r = anon.post(
+        "/login",
+        &[("email", ADMIN), ("password", &big), ("csrf", &t)],
+    );
+    assert_eq!(r.status, 413);
+}

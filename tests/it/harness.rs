@@ -756,7 +756,11 @@ pub fn http_with(
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let body = body.unwrap_or("");
-    let ct = if method == "POST" {
+    let ct = if method == "POST"
+        && !extra
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
         "Content-Type: application/x-www-form-urlencoded\r\n"
     } else {
         ""
