@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -233,18 +233,34 @@ impl Frame<'_> {
     }
 }
 
-/// The request as a console page sees it: who (if signed in) and in which language.
+/// The request as a console page sees it: who (if signed in), in which language, its query.
+/// Every handler takes it as an extractor.
 struct Visit {
     who: Option<SignedIn>,
     lang: String,
     here: String,
+    q: HashMap<String, String>,
+}
+
+impl axum::extract::FromRequestParts<Arc<ConsoleState>> for Visit {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &Arc<ConsoleState>,
+    ) -> Result<Visit, Self::Rejection> {
+        let q = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .map(|Query(q)| q)
+            .unwrap_or_default();
+        Ok(visit(st, &parts.headers, &parts.uri, q))
+    }
 }
 
 fn visit(
     st: &ConsoleState,
     headers: &HeaderMap,
     uri: &axum::http::Uri,
-    q: &HashMap<String, String>,
+    q: HashMap<String, String>,
 ) -> Visit {
     let who = cookie(headers, SESSION_COOKIE).and_then(|c| {
         st.app.console_session(c, st.idle()).unwrap_or_else(|e| {
@@ -254,10 +270,11 @@ fn visit(
     });
     Visit {
         who,
-        lang: language(st, headers, q),
+        lang: language(st, headers, &q),
         here: uri
             .path_and_query()
             .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+        q,
     }
 }
 
@@ -393,9 +410,7 @@ async fn style(State(st): S) -> Response {
         .into_response()
 }
 
-async fn fallback(State(st): S, headers: HeaderMap, req: Request) -> Response {
-    let q = HashMap::new();
-    let v = visit(&st, &headers, req.uri(), &q);
+async fn fallback(State(st): S, v: Visit) -> Response {
     if v.who.is_none() {
         return see_other("/login");
     }
@@ -409,13 +424,7 @@ async fn fallback(State(st): S, headers: HeaderMap, req: Request) -> Response {
 
 // ---- sign-in, sign-out ---------------------------------------------------------------------
 
-async fn login_page(
-    State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let v = visit(&st, &headers, &uri, &q);
+async fn login_page(State(st): S, v: Visit, headers: HeaderMap) -> Response {
     if v.who.is_some() {
         return see_other("/");
     }
@@ -455,13 +464,11 @@ fn login_form(
 
 async fn login(
     State(st): S,
+    v: Visit,
     headers: HeaderMap,
-    uri: axum::http::Uri,
     peer: Option<axum::Extension<crate::listener::Peer>>,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    let q = HashMap::new();
-    let v = visit(&st, &headers, &uri, &q);
     let t = strings(&v.lang);
     // the double-submit check: the form's token must be the one in its cookie
     use subtle::ConstantTimeEq;
@@ -539,13 +546,7 @@ async fn login(
     }
 }
 
-async fn logout(
-    State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    Form(f): Form<HashMap<String, String>>,
-) -> Response {
-    let v = visit(&st, &headers, &uri, &HashMap::new());
+async fn logout(State(st): S, v: Visit, Form(f): Form<HashMap<String, String>>) -> Response {
     let Some(who) = &v.who else {
         return see_other("/login");
     };
@@ -565,13 +566,7 @@ async fn logout(
 
 // ---- overview ------------------------------------------------------------------------------
 
-async fn overview(
-    State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let v = visit(&st, &headers, &uri, &q);
+async fn overview(State(st): S, v: Visit) -> Response {
     let _who = gate!(v, st, Role::Viewer, "overview");
     let app = st.app.clone();
     // four independent reads, side by side (on PostgreSQL each is a query of its own)
@@ -719,15 +714,9 @@ fn providers_json(st: &ConsoleState, selected: Option<&str>) -> Value {
         .collect::<Vec<_>>())
 }
 
-async fn invite_page(
-    State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let v = visit(&st, &headers, &uri, &q);
+async fn invite_page(State(st): S, v: Visit) -> Response {
     let who = gate!(v, st, Role::Admin, "invite");
-    let report = q.get("report").and_then(|id| {
+    let report = v.q.get("report").and_then(|id| {
         let reports = st.reports.lock().unwrap_or_else(|e| e.into_inner());
         reports
             .iter()
@@ -756,13 +745,7 @@ async fn invite_page(
     )
 }
 
-async fn invite(
-    State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    mut form: Multipart,
-) -> Response {
-    let v = visit(&st, &headers, &uri, &HashMap::new());
+async fn invite(State(st): S, v: Visit, mut form: Multipart) -> Response {
     let who = gate!(v, st, Role::Admin, "invite");
     let mut fields: HashMap<String, Vec<u8>> = HashMap::new();
     loop {
@@ -882,16 +865,10 @@ fn states_of(kind: Option<Kind>) -> Vec<&'static str> {
     all
 }
 
-async fn records(
-    State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let v = visit(&st, &headers, &uri, &q);
+async fn records(State(st): S, v: Visit) -> Response {
     let _who = gate!(v, st, Role::Viewer, "records");
     let get = |k: &str| {
-        q.get(k)
+        v.q.get(k)
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
     };
@@ -1045,22 +1022,15 @@ fn load_record(st: &ConsoleState, id: &str) -> Result<crate::model::Record, AppE
         .ok_or_else(|| AppError::NotFound(format!("no record {id}")))
 }
 
-async fn record_page(
-    State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let v = visit(&st, &headers, &uri, &q);
+async fn record_page(State(st): S, v: Visit, Path(id): Path<String>) -> Response {
     let _who = gate!(v, st, Role::Viewer, "records");
     let r = or_page!(v, st, "records", load_record(&st, &id));
     let t = strings(&v.lang);
     let mut ctx = record_view(&t, &r);
-    ctx["done"] = q
-        .get("done")
-        .and_then(|d| t.get(format!("done_{d}")).cloned())
-        .unwrap_or_default();
+    ctx["done"] =
+        v.q.get("done")
+            .and_then(|d| t.get(format!("done_{d}")).cloned())
+            .unwrap_or_default();
     v.frame(&st, "records")
         .render(StatusCode::OK, "record", "record_title", ctx)
 }
@@ -1075,25 +1045,13 @@ fn op_allowed(view: &Value, op: &str) -> Option<bool> {
 }
 
 /// The confirmation before a record action (no script: a page with the one button).
-async fn confirm_page(
-    State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    Path((id, op)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let v = visit(&st, &headers, &uri, &q);
+async fn confirm_page(State(st): S, v: Visit, Path((id, op)): Path<(String, String)>) -> Response {
     let _who = gate!(v, st, Role::Admin, "records");
     let r = or_page!(v, st, "records", load_record(&st, &id));
     let t = strings(&v.lang);
     let view = record_view(&t, &r);
     if op_allowed(&view, &op).is_none() {
-        return fallback(
-            State(st.clone()),
-            headers,
-            Request::new(axum::body::Body::empty()),
-        )
-        .await;
+        return fallback(State(st.clone()), v).await;
     }
     v.frame(&st, "records").render(
         StatusCode::OK,
@@ -1109,12 +1067,10 @@ async fn confirm_page(
 
 async fn record_action(
     State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
+    v: Visit,
     Path((id, op)): Path<(String, String)>,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    let v = visit(&st, &headers, &uri, &HashMap::new());
     let who = gate!(v, st, Role::Admin, "records");
     if let Err(res) = v.check_csrf(&st, f.get("csrf").map(String::as_str), "records") {
         return res;
@@ -1138,13 +1094,7 @@ async fn record_action(
 
 // ---- review ------------------------------------------------------------------------------
 
-async fn review_page(
-    State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let v = visit(&st, &headers, &uri, &q);
+async fn review_page(State(st): S, v: Visit) -> Response {
     let _who = gate!(v, st, Role::Viewer, "review");
     let app = st.app.clone();
     let found = off(move || app.list("enrollments", None, Some("in_review"))).await;
@@ -1163,10 +1113,10 @@ async fn review_page(
             })
         })
         .collect();
-    let done = q
-        .get("done")
-        .and_then(|d| t.get(format!("done_{d}")).cloned())
-        .unwrap_or_default();
+    let done =
+        v.q.get("done")
+            .and_then(|d| t.get(format!("done_{d}")).cloned())
+            .unwrap_or_default();
     v.frame(&st, "review").render(
         StatusCode::OK,
         "review",
@@ -1177,12 +1127,10 @@ async fn review_page(
 
 async fn review(
     State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
+    v: Visit,
     Path((id, decision)): Path<(String, String)>,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    let v = visit(&st, &headers, &uri, &HashMap::new());
     let who = gate!(v, st, Role::Reviewer, "review");
     if let Err(res) = v.check_csrf(&st, f.get("csrf").map(String::as_str), "review") {
         return res;
@@ -1217,13 +1165,7 @@ async fn review(
 
 // ---- outbox, inbound, export -----------------------------------------------------------------
 
-async fn outbox_page(
-    State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let v = visit(&st, &headers, &uri, &q);
+async fn outbox_page(State(st): S, v: Visit) -> Response {
     let _who = gate!(v, st, Role::Viewer, "outbox");
     let app = st.app.clone();
     let found = off(move || -> Result<(Vec<Value>, Value), AppError> {
@@ -1237,10 +1179,10 @@ async fn outbox_page(
     .await;
     let (dead, summary) = or_page!(v, st, "outbox", found);
     let t = strings(&v.lang);
-    let done = q
-        .get("done")
-        .and_then(|d| t.get(format!("done_{d}")).cloned())
-        .unwrap_or_default();
+    let done =
+        v.q.get("done")
+            .and_then(|d| t.get(format!("done_{d}")).cloned())
+            .unwrap_or_default();
     v.frame(&st, "outbox").render(
         StatusCode::OK,
         "outbox",
@@ -1251,12 +1193,10 @@ async fn outbox_page(
 
 async fn outbox_retry(
     State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
+    v: Visit,
     Path(id): Path<String>,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    let v = visit(&st, &headers, &uri, &HashMap::new());
     let _who = gate!(v, st, Role::Admin, "outbox");
     if let Err(res) = v.check_csrf(&st, f.get("csrf").map(String::as_str), "outbox") {
         return res;
@@ -1289,19 +1229,13 @@ async fn outbox_retry(
     see_other("/outbox?done=retried")
 }
 
-async fn inbound_page(
-    State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let v = visit(&st, &headers, &uri, &q);
+async fn inbound_page(State(st): S, v: Visit) -> Response {
     let _who = gate!(v, st, Role::Viewer, "inbound");
-    let page: usize = q
-        .get("page")
-        .and_then(|p| p.parse().ok())
-        .filter(|p| *p >= 1)
-        .unwrap_or(1);
+    let page: usize =
+        v.q.get("page")
+            .and_then(|p| p.parse().ok())
+            .filter(|p| *p >= 1)
+            .unwrap_or(1);
     let app = st.app.clone();
     let found = off(move || -> Result<(Vec<Value>, bool, usize), AppError> {
         // unrecognised first (they wait for a person), each group newest first
@@ -1351,13 +1285,7 @@ async fn inbound_page(
     )
 }
 
-async fn export(
-    State(st): S,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let v = visit(&st, &headers, &uri, &q);
+async fn export(State(st): S, v: Visit) -> Response {
     let _who = gate!(v, st, Role::Viewer, "");
     let app = st.app.clone();
     let found = off(move || -> Result<Vec<Value>, AppError> {
