@@ -21,7 +21,7 @@ import { createRequire } from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
 import {
-  ARTIFACTS, BIN, CHROMIUM, Daemon, SHOTS, check, closeBrowsers, closeContext, counts, h1, htmlLang,
+  ARTIFACTS, BIN, CHROMIUM, Daemon, SHOTS, check, configText, closeBrowsers, closeContext, counts, h1, htmlLang,
   launchContext, note, phase, removeProfiles, run, say, short, sleep, submitBy, waitFor,
 } from './lib.mjs';
 
@@ -37,53 +37,7 @@ const VIEWER = 'viewer@contoso.test';
 const PASSWORD = 'a long enough passphrase';
 const PROVIDER = 'contoso-kr';
 
-function configText(outbound) {
-  return `
-[store]
-path = "store"
-cache_capacity = 8000000
-[http]
-listen = "127.0.0.1:0"
-public_url = "http://127.0.0.1:1"
-[admin]
-socket = "admin.sock"
-[console]
-listen = "127.0.0.1:0"
-[keys]
-active = "k1"
-files = { k1 = "keys/k1.key" }
-[mail]
-from = "Contoso Distribution <partners@invited.test>"
-reply_to = "replies@invited.test"
-default_locale = "en-US"
-[mail.outbound]
-${outbound}
-max_age = "5d"
-[mail.inbound]
-source = "maildir"
-dir = "inbox"
-poll_interval = "100ms"
-trusted_authserv_id = "mx.invited.test"
-[policy]
-invitation_ttl = "14d"
-verification_ttl = "7d"
-reminder_after = "10d"
-reply_authorize = "dmarc"
-timer_interval = "100ms"
-[[providers]]
-id = "contoso-kr"
-name = "Contoso Distribution Korea"
-email = "ops@contoso.test"
-markets = ["KR"]
-[[providers]]
-id = "contoso-jp"
-name = "Contoso Distribution Japan"
-email = "jp-ops@contoso.test"
-markets = ["JP"]
-`;
-}
-
-const d = new Daemon(configText('transport = "file"\ndir = "outbox"'), 'invited-console-');
+const d = new Daemon(configText({ withConsole: true }), 'invited-console-');
 let d2 = null; // the daemon whose SMTP server refuses (dead letters)
 const sinks = new Set(); // smtp-sink processes
 let httpBase = '';
@@ -697,7 +651,7 @@ async function deadLetterPhase() {
   if (!check('5. Postfix\'s smtp-sink is installed (scripts/mailstack install)', !!bin, 'smtp-sink not on PATH nor in /usr/sbin: the dead-letter retry could not be tested')) return;
   const port = await freePort();
   let sink = await startSink(bin, port, ['-f', 'rcpt']);
-  d2 = new Daemon(configText(`transport = "smtp"\nhost = "127.0.0.1"\nport = ${port}\ntls = "none"\nconcurrency = 2`), 'invited-console-smtp-');
+  d2 = new Daemon(configText({ withConsole: true, outbound: `transport = "smtp"\nhost = "127.0.0.1"\nport = ${port}\ntls = "none"\nconcurrency = 2` }), 'invited-console-smtp-');
   d2.start();
   await d2.ready();
   const base2 = (await d2.status()).console;

@@ -15,7 +15,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  ARTIFACTS, BIN, CHROMIUM, Daemon, SHOTS, check, closeBrowsers, counts, h1, htmlLang, launchContext,
+  ARTIFACTS, BIN, CHROMIUM, Daemon, SHOTS, check, configText, closeBrowsers, counts, h1, htmlLang, launchContext,
   note, phase, removeProfiles, run, say, short, sleep, submitBy, waitFor,
 } from './lib.mjs';
 
@@ -24,51 +24,7 @@ const TIME_LIMIT_MS = Number(process.env.BROWSER_TEST_TIME_LIMIT || 420) * 1000;
 // ---------------------------------------------------------------------------------------------
 // The daemon, its config and its CLI (lib.mjs)
 
-const CONFIG_TEXT = `
-[store]
-path = "store"
-cache_capacity = 8000000
-[http]
-listen = "127.0.0.1:0"
-public_url = "http://127.0.0.1:1"
-[admin]
-socket = "admin.sock"
-[keys]
-active = "k1"
-files = { k1 = "keys/k1.key" }
-[mail]
-from = "Contoso Distribution <partners@invited.test>"
-reply_to = "replies@invited.test"
-default_locale = "en-US"
-[mail.outbound]
-transport = "file"
-dir = "outbox"
-max_age = "5d"
-[mail.inbound]
-source = "maildir"
-dir = "inbox"
-poll_interval = "100ms"
-trusted_authserv_id = "mx.invited.test"
-[policy]
-invitation_ttl = "14d"
-verification_ttl = "7d"
-reminder_after = "10d"
-reply_authorize = "dmarc"
-timer_interval = "100ms"
-[[providers]]
-id = "contoso-kr"
-name = "Contoso Distribution Korea"
-email = "ops@contoso.test"
-markets = ["KR"]
-[[providers]]
-id = "contoso-jp"
-name = "Contoso Distribution Japan"
-email = "jp-ops@contoso.test"
-markets = ["JP"]
-`;
-
-
-const d = new Daemon(CONFIG_TEXT);
+const d = new Daemon(configText());
 const { dir } = d;
 const json = (...args) => d.json(...args);
 const show = (id) => d.show(id);

@@ -180,6 +180,53 @@ export function parseEml(file) {
 // ---------------------------------------------------------------------------------------------
 // The daemon, its config and its CLI
 
+// The config every browser test's daemon starts from (paths relative to its temp dir); the
+// console's listener on a free loopback port with `withConsole`, another `[mail.outbound]` body with
+// `outbound`.
+export function configText({ outbound = 'transport = "file"\ndir = "outbox"', withConsole = false } = {}) {
+  return `
+[store]
+path = "store"
+cache_capacity = 8000000
+[http]
+listen = "127.0.0.1:0"
+public_url = "http://127.0.0.1:1"
+[admin]
+socket = "admin.sock"
+${withConsole ? '[console]\nlisten = "127.0.0.1:0"\n' : ''}[keys]
+active = "k1"
+files = { k1 = "keys/k1.key" }
+[mail]
+from = "Contoso Distribution <partners@invited.test>"
+reply_to = "replies@invited.test"
+default_locale = "en-US"
+[mail.outbound]
+${outbound}
+max_age = "5d"
+[mail.inbound]
+source = "maildir"
+dir = "inbox"
+poll_interval = "100ms"
+trusted_authserv_id = "mx.invited.test"
+[policy]
+invitation_ttl = "14d"
+verification_ttl = "7d"
+reminder_after = "10d"
+reply_authorize = "dmarc"
+timer_interval = "100ms"
+[[providers]]
+id = "contoso-kr"
+name = "Contoso Distribution Korea"
+email = "ops@contoso.test"
+markets = ["KR"]
+[[providers]]
+id = "contoso-jp"
+name = "Contoso Distribution Japan"
+email = "jp-ops@contoso.test"
+markets = ["JP"]
+`;
+}
+
 const daemons = new Set();
 
 export class Daemon {
